@@ -1,0 +1,75 @@
+# Developer entry points. Without DATABASE_URL, `run` and `migrate` use a private cluster in
+# .data/pg and `test` uses a throwaway one (see scripts/pg.sh); with it, they use that database.
+
+# Each recipe is one bash script, so a failing line stops it and a trap covers the whole recipe.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+
+CARGO ?= cargo
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/messaging
+PG_DIR := .data/pg
+# Extra arguments for the test runner, e.g. `make test ARGS=accounts`.
+ARGS ?=
+
+# Shell snippet shared by run and migrate: keep DATABASE_URL, or start the local cluster.
+USE_LOCAL_DB = if [ -z "$${DATABASE_URL:-}" ]; then DATABASE_URL=$$(scripts/pg.sh start $(PG_DIR)); fi; export DATABASE_URL
+
+.PHONY: build run migrate test fmt clippy clean
+
+# Build the release binary.
+build:
+	$(CARGO) build --release
+
+# Migrate and serve, with a local database and a generated .data/secret_key unless the environment sets them.
+run: build
+	$(USE_LOCAL_DB)
+	if [ -z "$${SECRET_KEY:-}" ]; then
+	  if [ ! -s .data/secret_key ]; then
+	    mkdir -p .data
+	    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > .data/secret_key.tmp)
+	    mv .data/secret_key.tmp .data/secret_key
+	  fi
+	  SECRET_KEY=$$(cat .data/secret_key)
+	fi
+	export SECRET_KEY
+	$(BIN) migrate up
+	exec $(BIN) serve
+
+# Apply pending migrations to DATABASE_URL, or to the local database.
+migrate: build
+	$(USE_LOCAL_DB)
+	$(BIN) migrate up
+
+# Check formatting and lints, then run all tests against DATABASE_URL or a throwaway cluster.
+test:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	if [ -z "$${DATABASE_URL:-}" ]; then
+	  # One cluster for the whole run: nextest starts a process per test.
+	  pg_tmp=$$(mktemp -d)
+	  trap 'scripts/pg.sh stop "$$pg_tmp" || true; rm -rf "$$pg_tmp"' EXIT
+	  trap 'exit 130' INT
+	  trap 'exit 143' TERM HUP
+	  DATABASE_URL=$$(PG_FAST=1 scripts/pg.sh start "$$pg_tmp")
+	  export DATABASE_URL
+	fi
+	if $(CARGO) nextest --version >/dev/null 2>&1; then
+	  $(CARGO) nextest run $(ARGS)
+	else
+	  echo "cargo-nextest not found: falling back to cargo test" >&2
+	  $(CARGO) test $(ARGS)
+	fi
+
+# Format the code in place.
+fmt:
+	$(CARGO) fmt
+
+# Lint everything, warnings included.
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Remove build output and stop the local cluster (its data in .data stays).
+clean:
+	$(CARGO) clean
+	scripts/pg.sh stop $(PG_DIR)

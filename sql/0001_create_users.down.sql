@@ -1,0 +1,2 @@
+-- Undoes 0001: drops the accounts table.
+DROP TABLE users;

@@ -1,0 +1,165 @@
+//! Handlers for accounts and sessions: sign up, log in, who am I, log out,
+//! find users (contract section 2).
+//!
+//! A wrong password and an unknown login take the same time and give the
+//! same body: an unknown login still pays for one password hash.
+
+use serde::Serialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::auth::{self, Session};
+use crate::error::ApiError;
+use crate::http::{Body, Reply};
+use crate::router::UserId;
+use crate::server::Ctx;
+use crate::store;
+
+/// The caller's own account.
+#[derive(Clone, Debug, Serialize)]
+pub struct Me {
+    pub id: i64,
+    pub username: String,
+    pub email: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Anyone else's account: never their email.
+#[derive(Debug, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub online: bool,
+}
+
+/// A valid sign-up, checked field by field.
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub password: &'a str,
+}
+
+impl<'a> NewUser<'a> {
+    pub fn parse(body: &'a Body) -> Result<NewUser<'a>, ApiError> {
+        let username = body.str("username")?;
+        let email = body.str("email")?;
+        let password = body.str("password")?;
+        let username_chars = username.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !(3..=32).contains(&username.chars().count()) || !username_chars {
+            return Err(ApiError::invalid("username", "username must be 3 to 32 characters from a-z A-Z 0-9 _ . -"));
+        }
+        let at_parts: Vec<&str> = email.split('@').collect();
+        let well_formed = matches!(at_parts.as_slice(), [local, domain] if !local.is_empty() && !domain.is_empty());
+        if email.chars().count() > 254 || !well_formed || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ApiError::invalid(
+                "email",
+                "email must be at most 254 characters with one @ and text on both sides",
+            ));
+        }
+        if !(8..=1024).contains(&password.len()) {
+            return Err(ApiError::invalid("password", "password must be 8 to 1024 bytes"));
+        }
+        Ok(NewUser { username, email, password })
+    }
+}
+
+/// A new session's token, expiry and user.
+pub struct LoggedIn {
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+    pub user: Me,
+}
+
+/// `POST /api/users`
+pub fn create_user(ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let me = register(ctx, &NewUser::parse(&body)?)?;
+    Ok(Reply::json(201, &me))
+}
+
+/// Stores a new account; `409` naming the field when username or email is taken.
+pub fn register(ctx: &mut Ctx, new_user: &NewUser) -> Result<Me, ApiError> {
+    let password_hash = auth::hash_password(new_user.password, ctx.app.config.password_iterations);
+    store::insert_user(&mut ctx.db.sql()?, new_user.username, new_user.email, &password_hash)
+}
+
+/// `POST /api/sessions`
+pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let logged_in = log_in(ctx, body.str("login")?, body.str("password")?)?;
+    Ok(Reply::json(
+        201,
+        &json!({ "token": logged_in.token, "expires_at": rfc3339(logged_in.expires_at), "user": logged_in.user }),
+    ))
+}
+
+/// Checks a login (username or email) and password, under the failure limits.
+pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
+    let login_key = format!("login:{}", login.to_lowercase());
+    let address_key = format!("addr:{}", ctx.client_address());
+    let keys = [login_key.as_str(), address_key.as_str()];
+    if let Err(retry_after_secs) = ctx.app.login_failures.check(&keys) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let found = store::find_user_by_login(&mut ctx.db.sql()?, login)?;
+    let verified = match &found {
+        Some((_, password_hash)) => auth::verify_password(password, password_hash),
+        None => {
+            auth::verify_password(password, &ctx.app.decoy_password_hash);
+            false
+        }
+    };
+    let Some((user, _)) = found.filter(|_| verified) else {
+        ctx.app.login_failures.record_failure(&keys);
+        return Err(ApiError::InvalidCredentials);
+    };
+    let (token, token_hash) = auth::new_token();
+    let ttl = ctx.app.config.token_ttl;
+    let expires_at = store::insert_session(&mut ctx.db.sql()?, &token_hash, user.id, ttl)?;
+    ctx.user_id = Some(UserId(user.id));
+    Ok(LoggedIn { token, expires_at, user })
+}
+
+/// `GET /api/users/me`
+pub fn get_me(session: &Session) -> Result<Reply, ApiError> {
+    Ok(Reply::json(200, &session.user))
+}
+
+/// `DELETE /api/sessions/current`
+pub fn delete_current_session(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
+    store::delete_session(&mut ctx.db.sql()?, session.id)?;
+    // TODO(hub): close this session's sockets.
+    Ok(Reply::no_content())
+}
+
+/// `DELETE /api/sessions`
+pub fn delete_all_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
+    let _ended = store::delete_user_sessions(&mut ctx.db.sql()?, session.user.id)?;
+    // TODO(hub): close these sessions' sockets.
+    Ok(Reply::no_content())
+}
+
+/// `GET /api/users?q=<prefix>&limit=<n>`
+pub fn search_users(ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let query = ctx.query();
+    let limit = query.int("limit", 1, 100)?.unwrap_or(20);
+    let prefix = query.get("q").unwrap_or("");
+    if prefix.contains('\0') {
+        return Err(ApiError::invalid("q", "q must not contain a NUL character"));
+    }
+    let found = store::search_users(&mut ctx.db.sql()?, prefix, limit)?;
+    let users: Vec<User> = found.into_iter().map(|(id, username)| ctx.app.user(id, username)).collect();
+    Ok(Reply::json(200, &json!({ "users": users })))
+}
+
+/// `GET /api/users/{id}`
+pub fn get_user(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
+    let username = store::find_username(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::NotFound)?;
+    Ok(Reply::json(200, &ctx.app.user(user_id.0, username)))
+}
+
+/// RFC 3339 in UTC with a `Z`, as every timestamp of the API.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339).expect("timestamps from PostgreSQL are in range")
+}

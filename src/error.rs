@@ -1,0 +1,164 @@
+//! The contract's error codes, and the only place that builds error bodies.
+//!
+//! A client sees a code and a sentence; the log sees the cause. An
+//! `Internal` error keeps its cause for the log line and never shows it to the
+//! client, so a 500 body holds no SQL text, type name or stack trace.
+
+use std::fmt;
+
+use serde_json::json;
+
+/// Every way a request can fail, one variant per code of contract section 1.
+#[derive(Debug)]
+pub enum ApiError {
+    InvalidRequest { field: Option<&'static str>, message: String },
+    Unauthorized,
+    InvalidCredentials,
+    Forbidden(&'static str),
+    NotFound,
+    MethodNotAllowed { allow: String },
+    Conflict { field: Option<&'static str>, message: String },
+    PayloadTooLarge { limit: usize },
+    UnsupportedMediaType,
+    RateLimited { retry_after_secs: u64 },
+    UpgradeRequired { ws_url: String },
+    Internal(String),
+    Unavailable,
+}
+
+impl ApiError {
+    /// A `400 invalid_request` naming the field at fault.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest { field: Some(field), message: message.into() }
+    }
+
+    /// A `400 invalid_request` that is not about one field (malformed JSON, say).
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest { field: None, message: message.into() }
+    }
+
+    /// A `409 conflict` naming the field at fault.
+    pub fn conflict(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Conflict { field: Some(field), message: message.into() }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest { .. } => 400,
+            ApiError::Unauthorized | ApiError::InvalidCredentials => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Conflict { .. } => 409,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::UpgradeRequired { .. } => 426,
+            ApiError::RateLimited { .. } => 429,
+            ApiError::Internal(_) => 500,
+            ApiError::Unavailable => 503,
+        }
+    }
+
+    /// The machine-readable code of the contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UpgradeRequired { .. } => "upgrade_required",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Internal(_) => "internal",
+            ApiError::Unavailable => "unavailable",
+        }
+    }
+
+    /// The sentence for humans; never a cause from inside the server.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::InvalidRequest { message, .. } | ApiError::Conflict { message, .. } => message.clone(),
+            ApiError::Unauthorized => "a valid bearer token is required".into(),
+            ApiError::InvalidCredentials => "login or password is wrong".into(),
+            ApiError::Forbidden(why) => (*why).into(),
+            ApiError::NotFound => "no such resource".into(),
+            ApiError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
+            ApiError::PayloadTooLarge { limit } => format!("body is larger than {limit} bytes"),
+            ApiError::UnsupportedMediaType => "body must be sent as application/json".into(),
+            ApiError::UpgradeRequired { ws_url } => format!("connect to {ws_url} for WebSocket"),
+            ApiError::RateLimited { retry_after_secs } => {
+                format!("too many attempts; retry in {retry_after_secs} seconds")
+            }
+            ApiError::Internal(_) => "internal error".into(),
+            ApiError::Unavailable => "service unavailable; try again".into(),
+        }
+    }
+
+    /// The field at fault, when one is.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { field, .. } | ApiError::Conflict { field, .. } => *field,
+            _ => None,
+        }
+    }
+
+    /// The contract's error body: `{"error": {"code", "message", "field"?}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut error = json!({ "code": self.code(), "message": self.message() });
+        if let Some(field) = self.field() {
+            error["field"] = json!(field);
+        }
+        if let ApiError::UpgradeRequired { ws_url } = self {
+            // The contract names a `ws_url` field without saying where: both places.
+            error["ws_url"] = json!(ws_url);
+            return json!({ "error": error, "ws_url": ws_url });
+        }
+        json!({ "error": error })
+    }
+
+    /// Headers the contract requires beside some codes.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer".into())],
+            ApiError::MethodNotAllowed { allow } => vec![("Allow", allow.clone())],
+            ApiError::RateLimited { retry_after_secs } => {
+                vec![("Retry-After", retry_after_secs.to_string())]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// What the log line says: the code, and for internal errors the cause.
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Internal(cause) => write!(f, "internal: {cause}"),
+            other => f.write_str(other.code()),
+        }
+    }
+}
+
+/// A database error is `Unavailable` when the connection is gone (the worker
+/// reconnects on its next request) and `Internal` otherwise.
+impl From<postgres::Error> for ApiError {
+    fn from(error: postgres::Error) -> ApiError {
+        use postgres::error::SqlState;
+        let transient = [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::QUERY_CANCELED,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ];
+        let io = std::error::Error::source(&error).is_some_and(|cause| cause.is::<std::io::Error>());
+        if error.is_closed() || io || error.code().is_some_and(|code| transient.contains(code)) {
+            return ApiError::Unavailable;
+        }
+        ApiError::Internal(error.to_string())
+    }
+}

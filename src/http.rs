@@ -1,0 +1,214 @@
+//! Request bodies in, JSON replies out.
+//!
+//! A body is read with the size limit enforced while reading, so a huge upload
+//! costs at most `MAX_BODY_BYTES` of memory. Inputs are decoded into a `Body`
+//! whose typed getters name the field at fault; every string is checked for
+//! NUL here, once, because PostgreSQL text cannot hold it.
+
+use std::io::Read;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A reply before it is written: status, JSON bytes and extra headers.
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &impl Serialize) -> Reply {
+        let body = serde_json::to_vec(value).expect("our replies serialize: plain data, string keys");
+        Reply { status, body, headers: Vec::new() }
+    }
+
+    pub fn no_content() -> Reply {
+        Reply { status: 204, body: Vec::new(), headers: Vec::new() }
+    }
+
+    pub fn error(error: &ApiError) -> Reply {
+        let mut reply = Reply::json(error.status(), &error.to_json());
+        reply.headers = error.headers();
+        reply
+    }
+}
+
+/// Returns the value of the first header called `name`, ignoring case.
+pub fn header<'r>(request: &'r tiny_http::Request, name: &str) -> Option<&'r str> {
+    request.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
+}
+
+/// Reads and decodes a JSON object body, enforcing size and media type.
+pub fn read_json(request: &mut tiny_http::Request, limit: usize) -> Result<Body, ApiError> {
+    let media_type = header(request, "Content-Type").unwrap_or("");
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut bytes = Vec::new();
+    let read = request.as_reader().take(limit as u64 + 1).read_to_end(&mut bytes);
+    if read.is_err() {
+        return Err(ApiError::malformed("could not read the request body"));
+    }
+    if bytes.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(fields)) => Ok(Body(fields)),
+        Ok(_) => Err(ApiError::malformed("body must be a JSON object")),
+        Err(_) => Err(ApiError::malformed("body is not valid JSON")),
+    }
+}
+
+/// A decoded JSON object with getters that name the field at fault.
+pub struct Body(Map<String, Value>);
+
+impl Body {
+    /// A required string.
+    pub fn str(&self, field: &'static str) -> Result<&str, ApiError> {
+        self.opt_str(field)?.ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))
+    }
+
+    /// An optional string; `null` counts as absent.
+    pub fn opt_str(&self, field: &'static str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) if text.contains('\0') => {
+                Err(ApiError::invalid(field, format!("{field} must not contain a NUL character")))
+            }
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(ApiError::invalid(field, format!("{field} must be a string"))),
+        }
+    }
+
+    /// A required whole number.
+    pub fn i64(&self, field: &'static str) -> Result<i64, ApiError> {
+        match self.0.get(field) {
+            Some(Value::Number(n)) => {
+                n.as_i64().ok_or_else(|| ApiError::invalid(field, format!("{field} must be a whole number")))
+            }
+            None | Some(Value::Null) => Err(ApiError::invalid(field, format!("{field} is required"))),
+            Some(_) => Err(ApiError::invalid(field, format!("{field} must be a whole number"))),
+        }
+    }
+
+    /// A required boolean.
+    pub fn bool(&self, field: &'static str) -> Result<bool, ApiError> {
+        match self.0.get(field) {
+            Some(Value::Bool(b)) => Ok(*b),
+            None | Some(Value::Null) => Err(ApiError::invalid(field, format!("{field} is required"))),
+            Some(_) => Err(ApiError::invalid(field, format!("{field} must be true or false"))),
+        }
+    }
+
+    /// An optional array; `null` counts as absent.
+    pub fn opt_array(&self, field: &'static str) -> Result<Option<&Vec<Value>>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => Err(ApiError::invalid(field, format!("{field} must be an array"))),
+        }
+    }
+}
+
+/// The query string of a URL, decoded into name and value pairs.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(url: &str) -> Query {
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let pairs = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(name), percent_decode(value))
+            })
+            .collect();
+        Query(pairs)
+    }
+
+    /// The first value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// An optional whole number within `min..=max`; anything else is a 400 naming it.
+    pub fn int(&self, name: &'static str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(ApiError::invalid(name, format!("{name} must be a whole number from {min} to {max}"))),
+            },
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+`; invalid UTF-8 becomes U+FFFD.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        let hex = bytes.get(idx + 1..idx + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[idx], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                idx += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                idx += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                idx += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let query = Query::parse("/api/users?q=al%20ice&limit=5&x");
+        assert_eq!(query.get("q"), Some("al ice"));
+        assert_eq!(query.get("limit"), Some("5"));
+        assert_eq!(query.get("x"), Some(""));
+        assert_eq!(query.get("y"), None);
+        assert_eq!(Query::parse("/a?q=%zz%4").get("q"), Some("%zz%4"));
+    }
+
+    #[test]
+    fn query_int_enforces_bounds_and_names_the_parameter() {
+        let query = Query::parse("/x?limit=0&before=abc&after=7");
+        assert!(matches!(query.int("limit", 1, 200), Err(ApiError::InvalidRequest { field: Some("limit"), .. })));
+        assert!(matches!(
+            query.int("before", 0, i64::MAX),
+            Err(ApiError::InvalidRequest { field: Some("before"), .. })
+        ));
+        assert_eq!(query.int("after", 0, i64::MAX).unwrap(), Some(7));
+        assert_eq!(query.int("missing", 0, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn body_getters_name_the_field() {
+        let body = Body(serde_json::from_str(r#"{"a": 5, "b": "x\u0000", "c": null}"#).unwrap());
+        assert!(matches!(body.str("a"), Err(ApiError::InvalidRequest { field: Some("a"), .. })));
+        assert!(matches!(body.str("b"), Err(ApiError::InvalidRequest { field: Some("b"), .. })));
+        assert!(matches!(body.str("c"), Err(ApiError::InvalidRequest { field: Some("c"), .. })));
+        assert_eq!(body.i64("a").unwrap(), 5);
+        assert!(body.opt_str("c").unwrap().is_none());
+    }
+}

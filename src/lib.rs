@@ -1,0 +1,19 @@
+//! A small messaging server: REST over tiny_http, WebSocket over tungstenite,
+//! PostgreSQL as the only source of truth, threads instead of async.
+//!
+//! Modules in reading order: how the process is configured and started, how a
+//! request travels, the handlers by resource, and the storage beneath them.
+//! ARCHITECTURE.md has the map and the invariants.
+
+pub mod accounts;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod migrate;
+pub mod ops;
+pub mod ratelimit;
+pub mod router;
+pub mod server;
+pub mod store;

@@ -1,0 +1,202 @@
+//! (method, path) → `Route`, with typed ids; `404` and `405` with `Allow`.
+//!
+//! Routes are an enum so that dispatch is one `match`, and so that metrics
+//! and the OpenAPI test can name every route by its pattern (`Route::name`).
+//! An id that is not a positive integer matches nothing: `404`, as for a
+//! resource that does not exist.
+
+use crate::error::ApiError;
+
+/// A user's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub i64);
+
+/// A chat's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChatId(pub i64);
+
+/// A message's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MessageId(pub i64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Readyz,
+    WsOnHttpPort,
+    CreateUser,
+    SearchUsers,
+    GetMe,
+    GetUser(UserId),
+    CreateSession,
+    DeleteCurrentSession,
+    DeleteAllSessions,
+    CreateWsTicket,
+    CreateChat,
+    ListChats,
+    GetChat(ChatId),
+    UpdateChat(ChatId),
+    AddMember(ChatId),
+    RemoveMember(ChatId, UserId),
+    SendMessage(ChatId),
+    ListMessages(ChatId),
+    EditMessage(ChatId, MessageId),
+    DeleteMessage(ChatId, MessageId),
+    MarkRead(ChatId),
+    ListEvents(ChatId),
+    LegacySignup,
+    LegacyLogin,
+    LegacyLogout,
+    LegacyCreateChat,
+    LegacyListMessages(ChatId),
+    LegacyListChats,
+}
+
+impl Route {
+    /// The route's method and pattern, e.g. `GET /api/chats/{id}`: a label
+    /// for logs and metrics that never holds an id.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Healthz => "GET /healthz",
+            Route::Readyz => "GET /readyz",
+            Route::WsOnHttpPort => "GET /ws",
+            Route::CreateUser => "POST /api/users",
+            Route::SearchUsers => "GET /api/users",
+            Route::GetMe => "GET /api/users/me",
+            Route::GetUser(_) => "GET /api/users/{id}",
+            Route::CreateSession => "POST /api/sessions",
+            Route::DeleteCurrentSession => "DELETE /api/sessions/current",
+            Route::DeleteAllSessions => "DELETE /api/sessions",
+            Route::CreateWsTicket => "POST /api/ws-tickets",
+            Route::CreateChat => "POST /api/chats",
+            Route::ListChats => "GET /api/chats",
+            Route::GetChat(_) => "GET /api/chats/{id}",
+            Route::UpdateChat(_) => "PATCH /api/chats/{id}",
+            Route::AddMember(_) => "POST /api/chats/{id}/members",
+            Route::RemoveMember(..) => "DELETE /api/chats/{id}/members/{user_id}",
+            Route::SendMessage(_) => "POST /api/chats/{id}/messages",
+            Route::ListMessages(_) => "GET /api/chats/{id}/messages",
+            Route::EditMessage(..) => "PATCH /api/chats/{id}/messages/{message_id}",
+            Route::DeleteMessage(..) => "DELETE /api/chats/{id}/messages/{message_id}",
+            Route::MarkRead(_) => "POST /api/chats/{id}/read",
+            Route::ListEvents(_) => "GET /api/chats/{id}/events",
+            Route::LegacySignup => "POST /user/signup",
+            Route::LegacyLogin => "POST /user/login",
+            Route::LegacyLogout => "POST /user/logout",
+            Route::LegacyCreateChat => "POST /chat/message",
+            Route::LegacyListMessages(_) => "GET /chat/messages/{id}",
+            Route::LegacyListChats => "GET /chat/user",
+        }
+    }
+}
+
+/// Matches a method and a URL (query string ignored) to a route.
+pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let choices: Vec<(&str, Route)> = match segments.as_slice() {
+        ["healthz"] => vec![("GET", Route::Healthz)],
+        ["readyz"] => vec![("GET", Route::Readyz)],
+        ["ws"] => vec![("GET", Route::WsOnHttpPort)],
+        ["api", "users"] => vec![("GET", Route::SearchUsers), ("POST", Route::CreateUser)],
+        ["api", "users", "me"] => vec![("GET", Route::GetMe)],
+        ["api", "users", id] => vec![("GET", Route::GetUser(UserId(id_from(id)?)))],
+        ["api", "sessions"] => vec![("POST", Route::CreateSession), ("DELETE", Route::DeleteAllSessions)],
+        ["api", "sessions", "current"] => vec![("DELETE", Route::DeleteCurrentSession)],
+        ["api", "ws-tickets"] => vec![("POST", Route::CreateWsTicket)],
+        ["api", "chats"] => vec![("GET", Route::ListChats), ("POST", Route::CreateChat)],
+        ["api", "chats", id, rest @ ..] => chat_routes(ChatId(id_from(id)?), rest)?,
+        ["user", "signup"] => vec![("POST", Route::LegacySignup)],
+        ["user", "login"] => vec![("POST", Route::LegacyLogin)],
+        ["user", "logout"] => vec![("POST", Route::LegacyLogout)],
+        ["chat", "message"] => vec![("POST", Route::LegacyCreateChat)],
+        ["chat", "messages", id] => vec![("GET", Route::LegacyListMessages(ChatId(id_from(id)?)))],
+        ["chat", "user"] => vec![("GET", Route::LegacyListChats)],
+        _ => return Err(ApiError::NotFound),
+    };
+    match choices.iter().find(|(m, _)| *m == method) {
+        Some((_, route)) => Ok(*route),
+        None => {
+            let allow = choices.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ");
+            Err(ApiError::MethodNotAllowed { allow })
+        }
+    }
+}
+
+fn chat_routes(chat: ChatId, rest: &[&str]) -> Result<Vec<(&'static str, Route)>, ApiError> {
+    Ok(match rest {
+        [] => vec![("GET", Route::GetChat(chat)), ("PATCH", Route::UpdateChat(chat))],
+        ["members"] => vec![("POST", Route::AddMember(chat))],
+        ["members", user] => vec![("DELETE", Route::RemoveMember(chat, UserId(id_from(user)?)))],
+        ["messages"] => vec![("GET", Route::ListMessages(chat)), ("POST", Route::SendMessage(chat))],
+        ["messages", message] => {
+            let message = MessageId(id_from(message)?);
+            vec![("PATCH", Route::EditMessage(chat, message)), ("DELETE", Route::DeleteMessage(chat, message))]
+        }
+        ["read"] => vec![("POST", Route::MarkRead(chat))],
+        ["events"] => vec![("GET", Route::ListEvents(chat))],
+        _ => return Err(ApiError::NotFound),
+    })
+}
+
+/// A path id: a positive 64-bit integer written in plain decimal digits.
+fn id_from(segment: &str) -> Result<i64, ApiError> {
+    if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::NotFound);
+    }
+    match segment.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_routes_with_typed_ids() {
+        let table = [
+            ("GET", "/healthz", Route::Healthz),
+            ("GET", "/api/users?q=al", Route::SearchUsers),
+            ("GET", "/api/users/me", Route::GetMe),
+            ("GET", "/api/users/42", Route::GetUser(UserId(42))),
+            ("DELETE", "/api/sessions", Route::DeleteAllSessions),
+            ("DELETE", "/api/chats/7/members/9", Route::RemoveMember(ChatId(7), UserId(9))),
+            ("PATCH", "/api/chats/7/messages/3", Route::EditMessage(ChatId(7), MessageId(3))),
+            ("GET", "/api/chats/7/events?after=3", Route::ListEvents(ChatId(7))),
+            ("GET", "/chat/messages/5", Route::LegacyListMessages(ChatId(5))),
+        ];
+        for (method, url, expected) in table {
+            assert_eq!(route(method, url).unwrap(), expected, "{method} {url}");
+        }
+    }
+
+    #[test]
+    fn bad_ids_and_unknown_paths_are_not_found() {
+        for url in [
+            "/nope",
+            "/api/users/0",
+            "/api/users/-1",
+            "/api/users/1x",
+            "/api/users/+1",
+            "/api/chats/99999999999999999999",
+            "/api/chats/1/nope",
+            "/",
+        ] {
+            assert!(matches!(route("GET", url), Err(ApiError::NotFound)), "{url}");
+        }
+    }
+
+    #[test]
+    fn wrong_method_lists_the_allowed_ones() {
+        match route("PUT", "/api/users/me") {
+            Err(ApiError::MethodNotAllowed { allow }) => assert_eq!(allow, "GET"),
+            other => panic!("{other:?}"),
+        }
+        match route("PUT", "/api/chats/1/messages/2") {
+            Err(ApiError::MethodNotAllowed { allow }) => assert_eq!(allow, "PATCH, DELETE"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

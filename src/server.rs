@@ -1,0 +1,240 @@
+//! Starts the server on listeners it is given, and runs the HTTP workers.
+//!
+//! `WORKERS` threads share one tiny_http `Server`; each calls `recv()` and
+//! owns one `Db`. A request's whole life is in `handle`: route, authenticate
+//! where the route needs it, run the handler under `catch_unwind`, respond,
+//! log one line. A panic answers `500` and costs the worker only its
+//! database connection, which it opens again on the next request.
+
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::accounts::{self, User};
+use crate::auth::{self, Session};
+use crate::config::{Config, LogLevel};
+use crate::db::{self, Db};
+use crate::error::ApiError;
+use crate::http::{self, Body, Query, Reply};
+use crate::migrate;
+use crate::ops;
+use crate::ratelimit::FailureLimiter;
+use crate::router::{self, Route, UserId};
+
+/// What every worker shares: configuration and process-wide state.
+pub struct App {
+    pub config: Config,
+    pub login_failures: FailureLimiter,
+    /// Verified against when a login is unknown, so that case costs the same.
+    pub decoy_password_hash: String,
+    /// The WebSocket endpoint, as clients should dial it.
+    pub ws_url: String,
+}
+
+impl App {
+    /// Another user as the API shows them.
+    pub fn user(&self, id: i64, username: String) -> User {
+        User { id, username, online: false }
+    }
+}
+
+/// One request being handled, with its worker's connection.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub db: &'a mut Db,
+    pub request: &'a mut tiny_http::Request,
+    /// Set once the caller is known, for the log line.
+    pub user_id: Option<UserId>,
+}
+
+impl Ctx<'_> {
+    /// The JSON object body, under the size limit.
+    pub fn body(&mut self) -> Result<Body, ApiError> {
+        http::read_json(self.request, self.app.config.max_body_bytes)
+    }
+
+    pub fn query(&self) -> Query {
+        Query::parse(self.request.url())
+    }
+
+    /// The caller's session, or `401`.
+    pub fn authenticate(&mut self) -> Result<Session, ApiError> {
+        let session = auth::require(self.db, http::header(self.request, "Authorization"))?;
+        self.user_id = Some(UserId(session.user.id));
+        Ok(session)
+    }
+
+    /// The peer's IP address (the key of per-address limits).
+    pub fn client_address(&self) -> String {
+        self.request.remote_addr().map_or_else(|| "unknown".into(), |addr| addr.ip().to_string())
+    }
+}
+
+/// A started server; dropping it leaves the threads running until the process ends.
+pub struct Running {
+    http_addr: SocketAddr,
+    ws_addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// Blocks until the server stops (it does not stop on its own).
+    pub fn wait(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops accepting work and waits for the workers to finish their requests.
+    pub fn shutdown(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How often an idle worker looks at the stop flag.
+const RECV_TICK: Duration = Duration::from_millis(250);
+
+/// Starts the server on listeners that are already bound (tests bind port 0).
+///
+/// # Errors
+/// When the database cannot be reached, migrations are pending, or a
+/// listener cannot be used: one line saying what to do.
+pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListener) -> Result<Running, String> {
+    let mut client = db::connection_config(&config.database_url)?
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("cannot connect to DATABASE_URL: {e}"))?;
+    let pending = migrate::pending(&mut client, Path::new(&config.migrations_dir)).map_err(|e| e.to_string())?;
+    if !pending.is_empty() {
+        return Err(format!("{} migration(s) pending ({}): run `make migrate`", pending.len(), pending.join(", ")));
+    }
+    drop(client);
+
+    let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
+    let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
+    let http = Arc::new(tiny_http::Server::from_listener(http_listener, None).map_err(|e| e.to_string())?);
+    let app = Arc::new(App {
+        login_failures: FailureLimiter::new(config.rate_limits),
+        decoy_password_hash: auth::hash_password("decoy password", config.password_iterations),
+        ws_url: format!("ws://{ws_addr}/ws"),
+        config,
+    });
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for idx in 0..app.config.workers {
+        let (http, app, stopping) = (http.clone(), app.clone(), stopping.clone());
+        let mut db = Db::new(&app.config.database_url)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("http-{idx}"))
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    match http.recv_timeout(RECV_TICK) {
+                        Ok(Some(request)) => handle(&app, &mut db, request),
+                        Ok(None) => {}
+                        Err(error) => log(&app, LogLevel::Error, &format!("accept failed: {error}")),
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        threads.push(thread);
+    }
+    drop(ws_listener);
+    Ok(Running { http_addr, ws_addr, stopping, threads })
+}
+
+/// One request, start to finish. Never panics out: the worker lives on.
+fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let mut ctx = Ctx { app, db, request: &mut request, user_id: None };
+    let outcome = catch_unwind(AssertUnwindSafe(|| dispatch(&mut ctx)));
+    let user_id = ctx.user_id;
+    let (reply, failure) = match outcome {
+        Ok(Ok(reply)) => (reply, None),
+        Ok(Err(error)) => (Reply::error(&error), Some(error)),
+        Err(_) => {
+            (Reply::error(&ApiError::Internal(String::new())), Some(ApiError::Internal("handler panicked".into())))
+        }
+    };
+    if matches!(failure, Some(ApiError::Internal(_) | ApiError::Unavailable)) {
+        db.disconnect();
+    }
+    let status = reply.status;
+    let path: String = request.url().split('?').next().unwrap_or("").chars().take(200).collect();
+    let _ = request.respond(tiny_response(reply));
+    let user = user_id.map_or_else(|| "-".to_string(), |id| id.0.to_string());
+    let line = format!("{method} {path} {status} {}us user={user}", started.elapsed().as_micros());
+    match failure {
+        Some(error @ ApiError::Internal(_)) => log(app, LogLevel::Error, &format!("{line} {error}")),
+        _ => log(app, LogLevel::Info, &line),
+    }
+}
+
+/// Routes the request and runs its handler: the one place that says which
+/// routes need a session.
+fn dispatch(ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let route = router::route(ctx.request.method().as_str(), ctx.request.url())?;
+    match route {
+        Route::Healthz => ops::healthz(),
+        Route::Readyz => ops::readyz(ctx),
+        Route::WsOnHttpPort => Err(ApiError::UpgradeRequired { ws_url: ctx.app.ws_url.clone() }),
+        Route::CreateUser => accounts::create_user(ctx),
+        Route::CreateSession => accounts::create_session(ctx),
+        Route::GetMe => accounts::get_me(&ctx.authenticate()?),
+        Route::DeleteCurrentSession => {
+            let session = ctx.authenticate()?;
+            accounts::delete_current_session(ctx, &session)
+        }
+        Route::DeleteAllSessions => {
+            let session = ctx.authenticate()?;
+            accounts::delete_all_sessions(ctx, &session)
+        }
+        Route::SearchUsers => {
+            ctx.authenticate()?;
+            accounts::search_users(ctx)
+        }
+        Route::GetUser(user_id) => {
+            ctx.authenticate()?;
+            accounts::get_user(ctx, user_id)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn tiny_response(reply: Reply) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let has_body = !reply.body.is_empty();
+    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    if has_body {
+        response.add_header(header("Content-Type", "application/json"));
+    }
+    for (name, value) in &reply.headers {
+        response.add_header(header(name, value));
+    }
+    response
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header names and values we set are ASCII")
+}
+
+/// Writes one line to stderr if the configured level lets it through.
+pub fn log(app: &App, level: LogLevel, line: &str) {
+    if app.config.log >= level {
+        eprintln!("{line}");
+    }
+}
