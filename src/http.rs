@@ -100,9 +100,14 @@ impl Body {
 
     /// A required boolean.
     pub fn bool(&self, field: &'static str) -> Result<bool, ApiError> {
+        self.opt_bool(field)?.ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))
+    }
+
+    /// An optional boolean; `null` counts as absent.
+    pub fn opt_bool(&self, field: &'static str) -> Result<Option<bool>, ApiError> {
         match self.0.get(field) {
-            Some(Value::Bool(b)) => Ok(*b),
-            None | Some(Value::Null) => Err(ApiError::invalid(field, format!("{field} is required"))),
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(ApiError::invalid(field, format!("{field} must be true or false"))),
         }
     }

@@ -7,10 +7,14 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod chats;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod legacy;
+pub mod messages;
 pub mod migrate;
 pub mod ops;
 pub mod ratelimit;

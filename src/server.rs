@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use crate::accounts::{self, User};
 use crate::auth::{self, Session};
+use crate::chats;
 use crate::config::{Config, LogLevel};
 use crate::db::{self, Db};
 use crate::error::ApiError;
+use crate::events;
 use crate::http::{self, Body, Query, Reply};
+use crate::legacy;
+use crate::messages;
 use crate::migrate;
 use crate::ops;
 use crate::ratelimit::FailureLimiter;
@@ -185,34 +189,52 @@ fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
     }
 }
 
-/// Routes the request and runs its handler: the one place that says which
-/// routes need a session.
+/// Routes the request and runs its handler. Public routes are answered in the
+/// first `match`; every route past it needs a live session.
 fn dispatch(ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let route = router::route(ctx.request.method().as_str(), ctx.request.url())?;
     match route {
-        Route::Healthz => ops::healthz(),
-        Route::Readyz => ops::readyz(ctx),
-        Route::WsOnHttpPort => Err(ApiError::UpgradeRequired { ws_url: ctx.app.ws_url.clone() }),
-        Route::CreateUser => accounts::create_user(ctx),
-        Route::CreateSession => accounts::create_session(ctx),
-        Route::GetMe => accounts::get_me(&ctx.authenticate()?),
-        Route::DeleteCurrentSession => {
-            let session = ctx.authenticate()?;
-            accounts::delete_current_session(ctx, &session)
-        }
-        Route::DeleteAllSessions => {
-            let session = ctx.authenticate()?;
-            accounts::delete_all_sessions(ctx, &session)
-        }
-        Route::SearchUsers => {
-            ctx.authenticate()?;
-            accounts::search_users(ctx)
-        }
-        Route::GetUser(user_id) => {
-            ctx.authenticate()?;
-            accounts::get_user(ctx, user_id)
-        }
-        _ => Err(ApiError::NotFound),
+        Route::Healthz => return ops::healthz(),
+        Route::Readyz => return ops::readyz(ctx),
+        Route::WsOnHttpPort => return Err(ApiError::UpgradeRequired { ws_url: ctx.app.ws_url.clone() }),
+        Route::CreateUser => return accounts::create_user(ctx),
+        Route::CreateSession => return accounts::create_session(ctx),
+        Route::LegacySignup => return legacy::signup(ctx),
+        Route::LegacyLogin => return legacy::login(ctx),
+        _ => {}
+    }
+    let session = ctx.authenticate()?;
+    let user_id = session.user.id;
+    match route {
+        Route::GetMe => accounts::get_me(&session),
+        Route::DeleteCurrentSession => accounts::delete_current_session(ctx, &session),
+        Route::DeleteAllSessions => accounts::delete_all_sessions(ctx, &session),
+        Route::SearchUsers => accounts::search_users(ctx),
+        Route::GetUser(user) => accounts::get_user(ctx, user),
+        Route::CreateWsTicket => Err(ApiError::NotFound),
+        Route::CreateChat => chats::create_chat(ctx, user_id),
+        Route::ListChats => chats::list_chats(ctx, user_id),
+        Route::GetChat(chat) => chats::get_chat(ctx, user_id, chat),
+        Route::UpdateChat(chat) => chats::update_chat(ctx, user_id, chat),
+        Route::AddMember(chat) => chats::add_member(ctx, user_id, chat),
+        Route::RemoveMember(chat, user) => chats::remove_member(ctx, user_id, chat, user),
+        Route::SendMessage(chat) => messages::send_message(ctx, user_id, chat),
+        Route::ListMessages(chat) => messages::list_messages(ctx, user_id, chat),
+        Route::EditMessage(chat, message) => messages::edit_message(ctx, user_id, chat, message),
+        Route::DeleteMessage(chat, message) => messages::delete_message(ctx, user_id, chat, message),
+        Route::MarkRead(chat) => messages::mark_read(ctx, user_id, chat),
+        Route::ListEvents(chat) => events::list_events(ctx, user_id, chat),
+        Route::LegacyLogout => legacy::logout(ctx, &session),
+        Route::LegacyCreateChat => legacy::create_chat(ctx, user_id),
+        Route::LegacyListMessages(chat) => legacy::list_messages(ctx, user_id, chat),
+        Route::LegacyListChats => legacy::list_chats(ctx, user_id),
+        Route::Healthz
+        | Route::Readyz
+        | Route::WsOnHttpPort
+        | Route::CreateUser
+        | Route::CreateSession
+        | Route::LegacySignup
+        | Route::LegacyLogin => unreachable!("public routes are answered above"),
     }
 }
 

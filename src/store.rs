@@ -9,11 +9,16 @@ use postgres::error::SqlState;
 use postgres::{GenericClient, Row};
 use time::OffsetDateTime;
 
+use serde_json::Value;
+
 use crate::accounts::Me;
 use crate::auth::Session;
+use crate::chats::{Chat, ChatInfo, Member, NewChat};
 use crate::db::Sql;
 use crate::error::ApiError;
-use crate::router::UserId;
+use crate::events::{self, Event, Payload};
+use crate::messages::Message;
+use crate::router::{ChatId, MessageId, UserId};
 
 fn me_from(row: &Row, first: usize) -> Me {
     Me { id: row.get(first), username: row.get(first + 1), email: row.get(first + 2), created_at: row.get(first + 3) }
@@ -123,4 +128,412 @@ fn like_escape(text: &str) -> String {
 pub fn ping(sql: &mut Sql<impl GenericClient>) -> Result<(), ApiError> {
     sql.query_one("SELECT 1", &[])?;
     Ok(())
+}
+
+// Chats, members, messages and the event log. Every function that appends an
+// event takes the seq from `take_seq` (or takes it itself) in the same
+// transaction, so the chat row's lock orders the log.
+
+/// The columns of a `Message`, in `message_from`'s order.
+macro_rules! message_columns {
+    () => {
+        "id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted"
+    };
+}
+
+fn message_from(row: &Row, first: usize) -> Message {
+    Message {
+        id: row.get(first),
+        chat_id: row.get(first + 1),
+        seq: row.get(first + 2),
+        sender_id: row.get(first + 3),
+        content: row.get(first + 4),
+        client_id: row.get(first + 5),
+        created_at: row.get(first + 6),
+        edited_at: row.get(first + 7),
+        deleted: row.get(first + 8),
+    }
+}
+
+/// How many of `ids` are existing users.
+pub fn count_users(sql: &mut Sql<impl GenericClient>, ids: &[i64]) -> Result<i64, ApiError> {
+    Ok(sql.query_one("SELECT count(*) FROM users WHERE id = ANY($1)", &[&ids])?.get(0))
+}
+
+/// Stores a chat, its members and its first events (`chat.created`, then one
+/// `member.added` per member, the creator first). `None` when it is a direct
+/// chat that already exists.
+pub fn insert_chat(
+    sql: &mut Sql<impl GenericClient>,
+    creator: i64,
+    new_chat: &NewChat,
+) -> Result<Option<ChatId>, ApiError> {
+    let mut member_ids = vec![creator];
+    member_ids.extend_from_slice(&new_chat.member_ids);
+    let (low, high) = match new_chat.is_group {
+        true => (None, None),
+        false => (Some(creator.min(new_chat.member_ids[0])), Some(creator.max(new_chat.member_ids[0]))),
+    };
+    let last_seq = 1 + member_ids.len() as i64;
+    let row = sql.query_opt(
+        "INSERT INTO chats (is_group, title, last_seq, direct_low, direct_high) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (direct_low, direct_high) DO NOTHING RETURNING id",
+        &[&new_chat.is_group, &new_chat.title, &last_seq, &low, &high],
+    )?;
+    let Some(row) = row else { return Ok(None) };
+    let chat_id: i64 = row.get(0);
+    sql.execute(
+        "INSERT INTO chat_members (chat_id, user_id, role)
+         SELECT $1, user_id, CASE WHEN ord = 1 AND $3 THEN 'owner' ELSE 'member' END
+         FROM unnest($2::bigint[]) WITH ORDINALITY AS m (user_id, ord)",
+        &[&chat_id, &member_ids, &new_chat.is_group],
+    )?;
+    sql.execute(
+        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload)
+         SELECT $1, 1, 'chat.created', $2, jsonb_build_object('id', id, 'is_group', is_group, 'title', title)
+         FROM chats WHERE id = $1",
+        &[&chat_id, &creator],
+    )?;
+    sql.execute(
+        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload)
+         SELECT $1, 1 + m.ord, 'member.added', $2, jsonb_build_object('id', u.id, 'username', u.username, 'role', cm.role)
+         FROM unnest($3::bigint[]) WITH ORDINALITY AS m (user_id, ord)
+         JOIN users u ON u.id = m.user_id
+         JOIN chat_members cm ON cm.chat_id = $1 AND cm.user_id = m.user_id",
+        &[&chat_id, &creator, &member_ids],
+    )?;
+    Ok(Some(ChatId(chat_id)))
+}
+
+/// The direct chat between two users, if any.
+pub fn find_direct_chat(sql: &mut Sql<impl GenericClient>, a: i64, b: i64) -> Result<Option<ChatId>, ApiError> {
+    let row =
+        sql.query_opt("SELECT id FROM chats WHERE direct_low = $1 AND direct_high = $2", &[&a.min(b), &a.max(b)])?;
+    Ok(row.map(|row| ChatId(row.get(0))))
+}
+
+/// The user's chats (or one of them), most recent activity first, with
+/// members, last message and unread count: two queries whatever the count.
+pub fn list_chats(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: i64,
+    only: Option<ChatId>,
+) -> Result<Vec<Chat>, ApiError> {
+    let only = only.map(|chat| chat.0);
+    let rows = sql.query(
+        concat!(
+            "SELECT c.id, c.is_group, c.title, c.created_at, c.last_seq, m.last_read_seq,
+                    (SELECT count(*) FROM messages x
+                     WHERE x.chat_id = c.id AND x.seq > m.last_read_seq AND x.sender_id <> m.user_id AND NOT x.deleted),
+                    last.*
+             FROM chat_members m
+             JOIN chats c ON c.id = m.chat_id
+             LEFT JOIN LATERAL (SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = c.id ORDER BY seq DESC LIMIT 1) last ON true
+             WHERE m.user_id = $1 AND ($2::bigint IS NULL OR m.chat_id = $2)
+             ORDER BY c.last_activity_at DESC, c.id DESC"
+        ),
+        &[&user_id, &only],
+    )?;
+    let mut chats: Vec<Chat> = rows
+        .iter()
+        .map(|row| Chat {
+            id: row.get(0),
+            is_group: row.get(1),
+            title: row.get(2),
+            created_at: row.get(3),
+            last_seq: row.get(4),
+            last_read_seq: row.get(5),
+            unread_count: row.get(6),
+            last_message: row.get::<_, Option<i64>>(7).map(|_| message_from(row, 7)),
+            members: Vec::new(),
+        })
+        .collect();
+    let chat_ids: Vec<i64> = chats.iter().map(|chat| chat.id).collect();
+    let members = sql.query(
+        "SELECT cm.chat_id, u.id, u.username, cm.role FROM chat_members cm JOIN users u ON u.id = cm.user_id
+         WHERE cm.chat_id = ANY($1) ORDER BY cm.chat_id, cm.joined_at, cm.user_id",
+        &[&chat_ids],
+    )?;
+    for row in members {
+        let chat_id: i64 = row.get(0);
+        if let Some(chat) = chats.iter_mut().find(|chat| chat.id == chat_id) {
+            chat.members.push(Member { id: row.get(1), username: row.get(2), role: row.get(3) });
+        }
+    }
+    Ok(chats)
+}
+
+/// The caller's role in a chat; `None` for a non-member or a chat that does not exist.
+pub fn find_role(sql: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<Option<String>, ApiError> {
+    let row =
+        sql.query_opt("SELECT role FROM chat_members WHERE chat_id = $1 AND user_id = $2", &[&chat_id.0, &user_id])?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+pub fn is_group(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<bool, ApiError> {
+    Ok(sql.query_one("SELECT is_group FROM chats WHERE id = $1", &[&chat_id.0])?.get(0))
+}
+
+pub fn count_members(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<i64, ApiError> {
+    Ok(sql.query_one("SELECT count(*) FROM chat_members WHERE chat_id = $1", &[&chat_id.0])?.get(0))
+}
+
+pub fn insert_member(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    user_id: i64,
+    role: &str,
+) -> Result<(), ApiError> {
+    sql.execute(
+        "INSERT INTO chat_members (chat_id, user_id, role) VALUES ($1, $2, $3)",
+        &[&chat_id.0, &user_id, &role],
+    )?;
+    Ok(())
+}
+
+pub fn delete_member(sql: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<(), ApiError> {
+    sql.execute("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2", &[&chat_id.0, &user_id])?;
+    Ok(())
+}
+
+/// Makes the member who joined first the owner.
+pub fn promote_longest_standing(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<(), ApiError> {
+    sql.execute(
+        "UPDATE chat_members SET role = 'owner' WHERE chat_id = $1 AND user_id =
+            (SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY joined_at, user_id LIMIT 1)",
+        &[&chat_id.0],
+    )?;
+    Ok(())
+}
+
+pub fn update_chat_title(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    title: &str,
+) -> Result<ChatInfo, ApiError> {
+    let row = sql
+        .query_one("UPDATE chats SET title = $2 WHERE id = $1 RETURNING id, is_group, title", &[&chat_id.0, &title])?;
+    Ok(ChatInfo { id: row.get(0), is_group: row.get(1), title: row.get(2) })
+}
+
+/// Takes the chat's next seq. The row stays locked until the transaction
+/// ends, so a later commit never gets a smaller seq.
+pub fn take_seq(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<i64, ApiError> {
+    let row = sql.query_one(
+        "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = $1 RETURNING last_seq",
+        &[&chat_id.0],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Appends a chat or member event with its payload; returns its time.
+pub fn insert_event(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    seq: i64,
+    kind: &str,
+    actor_id: i64,
+    payload: &Value,
+) -> Result<OffsetDateTime, ApiError> {
+    let row = sql.query_one(
+        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload) VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+        &[&chat_id.0, &seq, &kind, &actor_id, payload],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Appends a message event, which shows the message's current state when read.
+pub fn insert_message_event(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    seq: i64,
+    kind: &str,
+    actor_id: i64,
+    message_id: MessageId,
+) -> Result<OffsetDateTime, ApiError> {
+    let row = sql.query_one(
+        "INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id) VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
+        &[&chat_id.0, &seq, &kind, &actor_id, &message_id.0],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Events with `seq > after`, ascending.
+pub fn list_events(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Event>, ApiError> {
+    let rows = sql.query(
+        concat!(
+            "SELECT e.chat_id, e.seq, e.type, e.created_at, e.actor_id, e.payload, m.*
+             FROM chat_events e
+             LEFT JOIN LATERAL (SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = e.message_id) m ON true
+             WHERE e.chat_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+        ),
+        &[&chat_id.0, &after, &limit],
+    )?;
+    rows.iter().map(event_from).collect()
+}
+
+fn event_from(row: &Row) -> Result<Event, ApiError> {
+    let stored: &str = row.get(2);
+    let kind = events::kind(stored).ok_or_else(|| ApiError::Internal(format!("unknown event type {stored}")))?;
+    let payload = match (row.get::<_, Option<Value>>(5), row.get::<_, Option<i64>>(6)) {
+        (_, Some(_)) => Payload::Message(message_from(row, 6)),
+        (Some(json), None) if kind.starts_with("member.") => Payload::Member(decode(json)?),
+        (Some(json), None) => Payload::Chat(decode(json)?),
+        (None, None) => return Err(ApiError::Internal(format!("event {stored} has no payload"))),
+    };
+    Ok(Event { chat_id: row.get(0), seq: row.get(1), kind, created_at: row.get(3), actor_id: row.get(4), payload })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T, ApiError> {
+    serde_json::from_value(json).map_err(|e| ApiError::Internal(format!("stored payload: {e}")))
+}
+
+/// Takes the next seq, stores the message and appends `message.created`, in
+/// one statement. `None` when the sender is not a member (nothing written);
+/// `409` when the sender already used this `client_id` in this chat.
+pub fn insert_message(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    sender_id: i64,
+    content: &str,
+    client_id: Option<&str>,
+) -> Result<Option<Message>, ApiError> {
+    let inserted = sql.query_opt(
+        concat!(
+            "WITH next AS (
+                UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now()
+                WHERE id = $1 AND EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
+                RETURNING id, last_seq
+            ), message AS (
+                INSERT INTO messages (chat_id, seq, sender_id, content, client_id)
+                SELECT id, last_seq, $2, $3, $4 FROM next
+                RETURNING ",
+            message_columns!(),
+            "
+            ), event AS (
+                INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id, created_at)
+                SELECT chat_id, seq, 'message.created', sender_id, id, created_at FROM message
+            )
+            SELECT ",
+            message_columns!(),
+            " FROM message"
+        ),
+        &[&chat_id.0, &sender_id, &content, &client_id],
+    );
+    match inserted {
+        Ok(row) => Ok(row.map(|row| message_from(&row, 0))),
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(ApiError::conflict("client_id", "client_id was already used"))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub fn find_message_by_client_id(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    sender_id: i64,
+    client_id: &str,
+) -> Result<Option<Message>, ApiError> {
+    let row = sql.query_opt(
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = $1 AND sender_id = $2 AND client_id = $3"
+        ),
+        &[&chat_id.0, &sender_id, &client_id],
+    )?;
+    Ok(row.map(|row| message_from(&row, 0)))
+}
+
+/// The newest `limit` messages with `seq < before`, newest first.
+pub fn list_messages_before(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Message>, ApiError> {
+    let rows = sql.query(
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        ),
+        &[&chat_id.0, &before, &limit],
+    )?;
+    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
+}
+
+/// The oldest `limit` messages with `seq > after`, oldest first.
+pub fn list_messages_after(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Message>, ApiError> {
+    let rows = sql.query(
+        concat!("SELECT ", message_columns!(), " FROM messages WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+        &[&chat_id.0, &after, &limit],
+    )?;
+    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
+}
+
+/// A chat's message, locked for an edit or delete.
+pub fn lock_message(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    message_id: MessageId,
+) -> Result<Option<Message>, ApiError> {
+    let row = sql.query_opt(
+        concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $2 AND chat_id = $1 FOR UPDATE"),
+        &[&chat_id.0, &message_id.0],
+    )?;
+    Ok(row.map(|row| message_from(&row, 0)))
+}
+
+pub fn update_message_content(
+    sql: &mut Sql<impl GenericClient>,
+    message_id: MessageId,
+    content: &str,
+) -> Result<Message, ApiError> {
+    let row = sql.query_one(
+        concat!("UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING ", message_columns!()),
+        &[&message_id.0, &content],
+    )?;
+    Ok(message_from(&row, 0))
+}
+
+/// Empties a message and marks it deleted; it keeps its place in history.
+pub fn tombstone_message(sql: &mut Sql<impl GenericClient>, message_id: MessageId) -> Result<Message, ApiError> {
+    let row = sql.query_one(
+        concat!("UPDATE messages SET content = '', deleted = true WHERE id = $1 RETURNING ", message_columns!()),
+        &[&message_id.0],
+    )?;
+    Ok(message_from(&row, 0))
+}
+
+/// Moves the read marker forward, never past the chat's last seq; returns
+/// the marker, or `None` for a non-member.
+pub fn move_read_marker(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    user_id: i64,
+    seq: i64,
+) -> Result<Option<i64>, ApiError> {
+    let row = sql.query_opt(
+        "UPDATE chat_members m SET last_read_seq = GREATEST(m.last_read_seq, LEAST($3, c.last_seq))
+         FROM chats c WHERE c.id = m.chat_id AND m.chat_id = $1 AND m.user_id = $2
+         RETURNING m.last_read_seq",
+        &[&chat_id.0, &user_id, &seq],
+    )?;
+    Ok(row.map(|row| row.get(0)))
 }

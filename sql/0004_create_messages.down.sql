@@ -1,0 +1,2 @@
+-- Undoes 0004: drops messages.
+DROP TABLE messages;

@@ -1,0 +1,2 @@
+-- Undoes 0005: drops the event log.
+DROP TABLE chat_events;

@@ -1,0 +1,249 @@
+//! Handlers for chats and their members (contract section 3).
+//!
+//! Membership is checked on every route, and a chat the caller is not in
+//! answers the same `404` as one that does not exist. A direct chat has two
+//! members and no owner, so renaming it or adding to it is `403` like any
+//! non-owner's attempt; there is at most one per pair of users, enforced by a
+//! unique index rather than a read-then-write.
+
+use postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::db::Sql;
+use crate::error::ApiError;
+use crate::events::{self, Event, Payload};
+use crate::http::Reply;
+use crate::messages::Message;
+use crate::router::{ChatId, UserId};
+use crate::server::Ctx;
+use crate::store;
+
+/// The most members a group can have, its owner included.
+pub const MAX_MEMBERS: usize = 1001;
+
+#[derive(Debug, Serialize)]
+pub struct Chat {
+    pub id: i64,
+    pub is_group: bool,
+    pub title: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub members: Vec<Member>,
+    pub last_seq: i64,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+    pub last_message: Option<Message>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Member {
+    pub id: i64,
+    pub username: String,
+    pub role: String,
+}
+
+/// What `chat.*` events carry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChatInfo {
+    pub id: i64,
+    pub is_group: bool,
+    pub title: Option<String>,
+}
+
+/// A checked request to create a chat.
+pub struct NewChat {
+    pub is_group: bool,
+    pub title: Option<String>,
+    /// The other members, without the creator, without repeats.
+    pub member_ids: Vec<i64>,
+}
+
+/// A group title: 1 to 100 characters.
+pub fn parse_title(title: &str) -> Result<String, ApiError> {
+    if !(1..=100).contains(&title.chars().count()) {
+        return Err(ApiError::invalid("title", "title must be 1 to 100 characters"));
+    }
+    Ok(title.to_string())
+}
+
+impl NewChat {
+    /// Checks the shape rules; whether the users exist is checked when storing.
+    pub fn new(
+        creator: i64,
+        is_group: bool,
+        title: Option<&str>,
+        mut member_ids: Vec<i64>,
+    ) -> Result<NewChat, ApiError> {
+        let title = title.map(parse_title).transpose()?;
+        member_ids.sort_unstable();
+        member_ids.dedup();
+        member_ids.retain(|id| *id != creator);
+        if is_group {
+            if title.is_none() {
+                return Err(ApiError::invalid("title", "a group needs a title"));
+            }
+            if member_ids.len() > MAX_MEMBERS - 1 {
+                return Err(ApiError::invalid("member_ids", "a group takes at most 1000 other members"));
+            }
+        } else if member_ids.len() != 1 {
+            return Err(ApiError::invalid("member_ids", "a direct chat needs exactly one other user"));
+        }
+        Ok(NewChat { is_group, title, member_ids })
+    }
+}
+
+/// `POST /api/chats`
+pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let is_group = body.bool("is_group")?;
+    let title = body.opt_str("title")?;
+    let mut member_ids = Vec::new();
+    for id in body.opt_array("member_ids")?.map_or(&[][..], Vec::as_slice) {
+        member_ids.push(id.as_i64().ok_or_else(|| ApiError::invalid("member_ids", "member_ids must hold user ids"))?);
+    }
+    if member_ids.len() > MAX_MEMBERS * 2 {
+        return Err(ApiError::invalid("member_ids", "a group takes at most 1000 other members"));
+    }
+    let new_chat = NewChat::new(user_id, is_group, title, member_ids)?;
+    let (chat_id, created) = create(ctx, user_id, &new_chat)?;
+    let chat = load_chat(ctx, user_id, chat_id)?;
+    Ok(Reply::json(if created { 201 } else { 200 }, &chat))
+}
+
+/// Stores a chat with its members and first events; a direct chat that
+/// exists already is returned as it is (`false`).
+pub fn create(ctx: &mut Ctx, user_id: i64, new_chat: &NewChat) -> Result<(ChatId, bool), ApiError> {
+    let outcome = ctx.db.transaction(|tx| {
+        if store::count_users(tx, &new_chat.member_ids)? != new_chat.member_ids.len() as i64 {
+            return Err(ApiError::invalid("member_ids", "member_ids holds a user that does not exist"));
+        }
+        let Some(chat_id) = store::insert_chat(tx, user_id, new_chat)? else {
+            let other = new_chat.member_ids[0];
+            let existing = store::find_direct_chat(tx, user_id, other)?.ok_or(ApiError::Unavailable)?;
+            return Ok((existing, Vec::new()));
+        };
+        Ok((chat_id, store::list_events(tx, chat_id, 0, MAX_MEMBERS as i64 + 1)?))
+    })?;
+    let (chat_id, events) = outcome;
+    let created = !events.is_empty();
+    events::publish(ctx.app, &events);
+    Ok((chat_id, created))
+}
+
+/// `GET /api/chats`
+pub fn list_chats(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
+    let chats = store::list_chats(&mut ctx.db.sql()?, user_id, None)?;
+    Ok(Reply::json(200, &json!({ "chats": chats })))
+}
+
+/// `GET /api/chats/{id}`
+pub fn get_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+    Ok(Reply::json(200, &load_chat(ctx, user_id, chat_id)?))
+}
+
+fn load_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Chat, ApiError> {
+    store::list_chats(&mut ctx.db.sql()?, user_id, Some(chat_id))?.pop().ok_or(ApiError::NotFound)
+}
+
+/// `PATCH /api/chats/{id}`: group only, owner only.
+pub fn update_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let title = parse_title(body.str("title")?)?;
+    let event = ctx.db.transaction(|tx| {
+        require_owner(tx, chat_id, user_id)?;
+        let seq = store::take_seq(tx, chat_id)?;
+        let info = store::update_chat_title(tx, chat_id, &title)?;
+        let payload = json!(info);
+        let created_at = store::insert_event(tx, chat_id, seq, "chat.updated", user_id, &payload)?;
+        Ok(Event {
+            chat_id: chat_id.0,
+            seq,
+            kind: "chat.updated",
+            created_at,
+            actor_id: user_id,
+            payload: Payload::Chat(info),
+        })
+    })?;
+    events::publish(ctx.app, &[event]);
+    get_chat(ctx, user_id, chat_id)
+}
+
+/// `POST /api/chats/{id}/members`: group only, owner only; adding a member twice changes nothing.
+pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let new_member = body.i64("user_id")?;
+    let event = ctx.db.transaction(|tx| {
+        require_owner(tx, chat_id, user_id)?;
+        let seq = store::take_seq(tx, chat_id)?;
+        if store::find_role(tx, chat_id, new_member)?.is_some() {
+            return Err(ApiError::Conflict { field: None, message: String::new() });
+        }
+        if store::count_members(tx, chat_id)? >= MAX_MEMBERS as i64 {
+            return Err(ApiError::invalid("user_id", "the group has the most members it can have"));
+        }
+        let username = store::find_username(tx, UserId(new_member))?
+            .ok_or_else(|| ApiError::invalid("user_id", "user_id is not an existing user"))?;
+        store::insert_member(tx, chat_id, new_member, "member")?;
+        Ok(member_event(
+            tx,
+            chat_id,
+            seq,
+            "member.added",
+            user_id,
+            Member { id: new_member, username, role: "member".into() },
+        )?)
+    });
+    match event {
+        Ok(event) => events::publish(ctx.app, &[event]),
+        Err(ApiError::Conflict { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    get_chat(ctx, user_id, chat_id)
+}
+
+/// `DELETE /api/chats/{id}/members/{user_id}`: the owner removes anyone; a
+/// member removes only itself. An owner who leaves hands the group to the
+/// longest-standing member.
+pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserId) -> Result<Reply, ApiError> {
+    let event = ctx.db.transaction(|tx| {
+        let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+        let target_role = store::find_role(tx, chat_id, target.0)?.ok_or(ApiError::NotFound)?;
+        if !store::is_group(tx, chat_id)? {
+            return Err(ApiError::Forbidden("nobody can leave or be removed from a direct chat"));
+        }
+        if role != "owner" && target.0 != user_id {
+            return Err(ApiError::Forbidden("only the owner can remove another member"));
+        }
+        let seq = store::take_seq(tx, chat_id)?;
+        let username = store::find_username(tx, target)?.unwrap_or_default();
+        store::delete_member(tx, chat_id, target.0)?;
+        if target_role == "owner" {
+            store::promote_longest_standing(tx, chat_id)?;
+        }
+        member_event(tx, chat_id, seq, "member.removed", user_id, Member { id: target.0, username, role: target_role })
+    })?;
+    events::publish(ctx.app, &[event]);
+    Ok(Reply::no_content())
+}
+
+fn require_owner(tx: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<(), ApiError> {
+    match store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?.as_str() {
+        "owner" => Ok(()),
+        _ => Err(ApiError::Forbidden("only the group's owner can do this")),
+    }
+}
+
+fn member_event(
+    tx: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    seq: i64,
+    kind: &'static str,
+    actor_id: i64,
+    member: Member,
+) -> Result<Event, ApiError> {
+    let payload: Value = json!(member);
+    let created_at = store::insert_event(tx, chat_id, seq, kind, actor_id, &payload)?;
+    Ok(Event { chat_id: chat_id.0, seq, kind, created_at, actor_id, payload: Payload::Member(member) })
+}

@@ -1,0 +1,207 @@
+//! Handlers for messages: send, history, edit, delete, read markers
+//! (contract section 4).
+//!
+//! A send is one SQL statement that takes the chat's next seq under its row
+//! lock, stores the message and appends its event, so it is atomic without a
+//! transaction block. A retried send with the same `client_id` returns the
+//! stored message: found up front, or caught by the unique index when two
+//! retries race (the loser's statement rolls back whole, seq included).
+
+use serde::Serialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::events::{self, Event, Payload};
+use crate::http::Reply;
+use crate::router::{ChatId, MessageId};
+use crate::server::Ctx;
+use crate::store;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub chat_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub content: String,
+    pub client_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub edited_at: Option<OffsetDateTime>,
+    pub deleted: bool,
+}
+
+impl Message {
+    /// The `message.*` event this message's current state makes.
+    pub fn event(&self, kind: &'static str, actor_id: i64, seq: i64, created_at: OffsetDateTime) -> Event {
+        Event { chat_id: self.chat_id, seq, kind, created_at, actor_id, payload: Payload::Message(self.clone()) }
+    }
+}
+
+/// Message text: 1 to 4000 characters, not only white space.
+pub fn parse_content(content: &str) -> Result<&str, ApiError> {
+    if content.chars().count() > 4000 || content.trim().is_empty() {
+        return Err(ApiError::invalid("content", "content must be 1 to 4000 characters and not only white space"));
+    }
+    Ok(content)
+}
+
+/// A client's idempotency key: 1 to 64 characters.
+pub fn parse_client_id(client_id: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match client_id {
+        Some(id) if !(1..=64).contains(&id.chars().count()) => {
+            Err(ApiError::invalid("client_id", "client_id must be 1 to 64 characters"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Whether a send stored a new message or found the one a retry refers to.
+pub enum Sent {
+    New(Message),
+    Retried(Message),
+}
+
+/// `POST /api/chats/{id}/messages`
+pub fn send_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let content = parse_content(body.str("content")?)?;
+    let client_id = parse_client_id(body.opt_str("client_id")?)?;
+    match send(ctx, user_id, chat_id, content, client_id)? {
+        Sent::New(message) => Ok(Reply::json(201, &message)),
+        Sent::Retried(message) => Ok(Reply::json(200, &message)),
+    }
+}
+
+/// Stores a message and publishes its event; shared by REST, WebSocket and seed routes.
+pub fn send(
+    ctx: &mut Ctx,
+    user_id: i64,
+    chat_id: ChatId,
+    content: &str,
+    client_id: Option<&str>,
+) -> Result<Sent, ApiError> {
+    let sql = &mut ctx.db.sql()?;
+    if let Some(client_id) = client_id {
+        if let Some(message) = store::find_message_by_client_id(sql, chat_id, user_id, client_id)? {
+            return Ok(Sent::Retried(message));
+        }
+    }
+    match store::insert_message(sql, chat_id, user_id, content, client_id) {
+        Ok(Some(message)) => {
+            events::publish(ctx.app, &[message.event("message.created", user_id, message.seq, message.created_at)]);
+            Ok(Sent::New(message))
+        }
+        Ok(None) => Err(ApiError::NotFound),
+        // The insert lost a race to a retry with the same client_id.
+        Err(ApiError::Conflict { .. }) => {
+            store::find_message_by_client_id(sql, chat_id, user_id, client_id.unwrap_or(""))?
+                .map(Sent::Retried)
+                .ok_or(ApiError::NotFound)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `GET /api/chats/{id}/messages?before=&after=&limit=`
+pub fn list_messages(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+    let query = ctx.query();
+    let before = query.int("before", 1, i64::MAX)?;
+    let after = query.int("after", 0, i64::MAX)?;
+    let limit = query.int("limit", 1, 200)?.unwrap_or(50);
+    if before.is_some() && after.is_some() {
+        return Err(ApiError::invalid("after", "give before or after, not both"));
+    }
+    let sql = &mut ctx.db.sql()?;
+    store::find_role(sql, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+    let mut messages = match after {
+        Some(after) => store::list_messages_after(sql, chat_id, after, limit + 1)?,
+        None => store::list_messages_before(sql, chat_id, before.unwrap_or(i64::MAX), limit + 1)?,
+    };
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    if after.is_none() {
+        messages.reverse();
+    }
+    Ok(Reply::json(200, &json!({ "messages": messages, "has_more": has_more })))
+}
+
+/// `PATCH /api/chats/{id}/messages/{message_id}`: the sender only; a deleted message is `409`.
+pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let content = parse_content(body.str("content")?)?;
+    let event = ctx.db.transaction(|tx| {
+        store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+        let seq = store::take_seq(tx, chat_id)?;
+        let message = store::lock_message(tx, chat_id, message_id)?.ok_or(ApiError::NotFound)?;
+        if message.sender_id != user_id {
+            return Err(ApiError::Forbidden("only the sender can edit a message"));
+        }
+        if message.deleted {
+            return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() });
+        }
+        let message = store::update_message_content(tx, message_id, content)?;
+        let created_at = store::insert_message_event(tx, chat_id, seq, "message.updated", user_id, message_id)?;
+        Ok(message.event("message.updated", user_id, seq, created_at))
+    })?;
+    events::publish(ctx.app, std::slice::from_ref(&event));
+    let Payload::Message(message) = event.payload else { unreachable!("built as a message event above") };
+    Ok(Reply::json(200, &message))
+}
+
+/// `DELETE /api/chats/{id}/messages/{message_id}`: the sender, or the group's owner.
+pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
+    let event = ctx.db.transaction(|tx| {
+        let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+        let seq = store::take_seq(tx, chat_id)?;
+        let message = store::lock_message(tx, chat_id, message_id)?.ok_or(ApiError::NotFound)?;
+        if message.sender_id != user_id && role != "owner" {
+            return Err(ApiError::Forbidden("only the sender or the group's owner can delete a message"));
+        }
+        if message.deleted {
+            return Ok(None);
+        }
+        let message = store::tombstone_message(tx, message_id)?;
+        let created_at = store::insert_message_event(tx, chat_id, seq, "message.deleted", user_id, message_id)?;
+        Ok(Some(message.event("message.deleted", user_id, seq, created_at)))
+    })?;
+    if let Some(event) = event {
+        events::publish(ctx.app, &[event]);
+    }
+    Ok(Reply::no_content())
+}
+
+/// `POST /api/chats/{id}/read`: the marker only moves forward.
+pub fn mark_read(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let seq = body.i64("seq")?;
+    if seq < 0 {
+        return Err(ApiError::invalid("seq", "seq must not be negative"));
+    }
+    let sql = &mut ctx.db.sql()?;
+    store::move_read_marker(sql, chat_id, user_id, seq)?.ok_or(ApiError::NotFound)?;
+    Ok(Reply::no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_counts_characters_not_bytes() {
+        assert!(parse_content(&"é".repeat(4000)).is_ok());
+        assert!(parse_content(&"é".repeat(4001)).is_err());
+        assert!(parse_content(" \n\t ").is_err());
+        assert!(parse_content("").is_err());
+    }
+
+    #[test]
+    fn client_id_is_one_to_sixty_four_characters() {
+        assert!(parse_client_id(Some(&"x".repeat(64))).is_ok());
+        assert!(parse_client_id(Some(&"x".repeat(65))).is_err());
+        assert!(parse_client_id(Some("")).is_err());
+        assert_eq!(parse_client_id(None).unwrap(), None);
+    }
+}
