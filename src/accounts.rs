@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 use crate::auth::{self, Session};
 use crate::error::ApiError;
 use crate::http::{Body, Reply};
+use crate::notify::Signal;
 use crate::router::UserId;
-use crate::server::Ctx;
+use crate::server::{App, Ctx};
 use crate::store;
 
 /// The caller's own account.
@@ -129,15 +130,31 @@ pub fn get_me(session: &Session) -> Result<Reply, ApiError> {
 /// `DELETE /api/sessions/current`
 pub fn delete_current_session(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
     store::delete_session(&mut ctx.db.sql()?, session.id)?;
-    // TODO(hub): close this session's sockets.
+    close_sockets(ctx.app, vec![session.id]);
     Ok(Reply::no_content())
 }
 
 /// `DELETE /api/sessions`
 pub fn delete_all_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
-    let _ended = store::delete_user_sessions(&mut ctx.db.sql()?, session.user.id)?;
-    // TODO(hub): close these sessions' sockets.
+    let ended = store::delete_user_sessions(&mut ctx.db.sql()?, session.user.id)?;
+    close_sockets(ctx.app, ended);
     Ok(Reply::no_content())
+}
+
+/// Closes the WebSockets of ended sessions, on this process and the others.
+fn close_sockets(app: &App, session_ids: Vec<i64>) {
+    for session_id in &session_ids {
+        app.notifier.signal(Signal::SessionEnded { session_id: *session_id });
+    }
+    app.hub.sessions_ended(session_ids);
+}
+
+/// `POST /api/ws-tickets`: a signed pass for browsers, which cannot set headers on a WebSocket.
+pub fn create_ws_ticket(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(auth::TICKET_TTL_SECS);
+    let ticket = auth::sign_ticket(&ctx.app.config.secret_key, session.id, expires_at.unix_timestamp());
+    let expires_at = expires_at.replace_nanosecond(0).unwrap_or(expires_at);
+    Ok(Reply::json(201, &json!({ "ticket": ticket, "expires_at": rfc3339(expires_at), "ws_url": ctx.app.ws_url })))
 }
 
 /// `GET /api/users?q=<prefix>&limit=<n>`
@@ -148,15 +165,14 @@ pub fn search_users(ctx: &mut Ctx) -> Result<Reply, ApiError> {
     if prefix.contains('\0') {
         return Err(ApiError::invalid("q", "q must not contain a NUL character"));
     }
-    let found = store::search_users(&mut ctx.db.sql()?, prefix, limit)?;
-    let users: Vec<User> = found.into_iter().map(|(id, username)| ctx.app.user(id, username)).collect();
+    let users = store::search_users(&mut ctx.db.sql()?, prefix, limit)?;
     Ok(Reply::json(200, &json!({ "users": users })))
 }
 
 /// `GET /api/users/{id}`
 pub fn get_user(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
-    let username = store::find_username(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::NotFound)?;
-    Ok(Reply::json(200, &ctx.app.user(user_id.0, username)))
+    let user = store::find_user(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::NotFound)?;
+    Ok(Reply::json(200, &user))
 }
 
 /// RFC 3339 in UTC with a `Z`, as every timestamp of the API.

@@ -186,14 +186,14 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
         let username = store::find_username(tx, UserId(new_member))?
             .ok_or_else(|| ApiError::invalid("user_id", "user_id is not an existing user"))?;
         store::insert_member(tx, chat_id, new_member, "member")?;
-        Ok(member_event(
+        member_event(
             tx,
             chat_id,
             seq,
             "member.added",
             user_id,
             Member { id: new_member, username, role: "member".into() },
-        )?)
+        )
     });
     match event {
         Ok(event) => events::publish(ctx.app, &[event]),

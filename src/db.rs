@@ -84,6 +84,11 @@ pub struct Sql<'a, C> {
 }
 
 impl<C: GenericClient> Sql<'_, C> {
+    /// The connection itself, for what statements cannot do (notifications).
+    pub fn client(&mut self) -> &mut C {
+        self.client
+    }
+
     fn prepared(&mut self, query: &'static str) -> Result<Statement, postgres::Error> {
         if let Some(statement) = self.statements.get(query) {
             return Ok(statement.clone());

@@ -120,6 +120,19 @@ impl ApiError {
         json!({ "error": error })
     }
 
+    /// The WebSocket `error` frame: the same code and message, and the
+    /// `client_id` of the frame at fault when it had one.
+    pub fn to_frame(&self, client_id: Option<&str>) -> serde_json::Value {
+        let mut frame = json!({ "type": "error", "code": self.code(), "message": self.message() });
+        if let Some(field) = self.field() {
+            frame["field"] = json!(field);
+        }
+        if let Some(client_id) = client_id {
+            frame["client_id"] = json!(client_id);
+        }
+        frame
+    }
+
     /// Headers the contract requires beside some codes.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {

@@ -13,7 +13,9 @@ use time::OffsetDateTime;
 use crate::chats::{ChatInfo, Member};
 use crate::error::ApiError;
 use crate::http::Reply;
+use crate::hub::Live;
 use crate::messages::Message;
+use crate::notify::Signal;
 use crate::router::ChatId;
 use crate::server::{App, Ctx};
 use crate::store;
@@ -57,10 +59,23 @@ pub fn kind(stored: &str) -> Option<&'static str> {
     KINDS.iter().copied().find(|kind| *kind == stored)
 }
 
-/// Hands committed events to real-time delivery. Handlers call it after
-/// their transaction commits, never inside it.
+/// Hands committed events to real-time delivery: to this process's hub at
+/// once, and to other processes as `(chat_id, seq)` through the notifier.
+/// Handlers call it after their transaction commits, never inside it.
 pub fn publish(app: &App, events: &[Event]) {
-    let _ = (app, events);
+    for event in events {
+        app.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq });
+        app.hub.event(event.clone());
+    }
+}
+
+/// Hands a typing or read frame to every process's members of the chat.
+pub fn publish_live(app: &App, live: Live) {
+    app.notifier.signal(match live {
+        Live::Typing { chat_id, user_id } => Signal::Typing { chat_id, user_id },
+        Live::Read { chat_id, user_id, seq } => Signal::Read { chat_id, user_id, seq },
+    });
+    app.hub.live(live);
 }
 
 /// `GET /api/chats/{id}/events?after=<seq>&limit=<n>`

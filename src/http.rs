@@ -59,7 +59,12 @@ pub fn read_json(request: &mut tiny_http::Request, limit: usize) -> Result<Body,
     if bytes.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    parse_body(&bytes)
+}
+
+/// Decodes a JSON object: a request body or a WebSocket frame.
+pub fn parse_body(bytes: &[u8]) -> Result<Body, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(fields)) => Ok(Body(fields)),
         Ok(_) => Err(ApiError::malformed("body must be a JSON object")),
         Err(_) => Err(ApiError::malformed("body is not valid JSON")),

@@ -11,11 +11,13 @@ use serde::Serialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use crate::db::Db;
 use crate::error::ApiError;
 use crate::events::{self, Event, Payload};
 use crate::http::Reply;
+use crate::hub::Live;
 use crate::router::{ChatId, MessageId};
-use crate::server::Ctx;
+use crate::server::{App, Ctx};
 use crate::store;
 
 #[derive(Clone, Debug, Serialize)]
@@ -69,7 +71,7 @@ pub fn send_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Repl
     let body = ctx.body()?;
     let content = parse_content(body.str("content")?)?;
     let client_id = parse_client_id(body.opt_str("client_id")?)?;
-    match send(ctx, user_id, chat_id, content, client_id)? {
+    match send(ctx.app, ctx.db, user_id, chat_id, content, client_id)? {
         Sent::New(message) => Ok(Reply::json(201, &message)),
         Sent::Retried(message) => Ok(Reply::json(200, &message)),
     }
@@ -77,13 +79,14 @@ pub fn send_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Repl
 
 /// Stores a message and publishes its event; shared by REST, WebSocket and seed routes.
 pub fn send(
-    ctx: &mut Ctx,
+    app: &App,
+    db: &mut Db,
     user_id: i64,
     chat_id: ChatId,
     content: &str,
     client_id: Option<&str>,
 ) -> Result<Sent, ApiError> {
-    let sql = &mut ctx.db.sql()?;
+    let sql = &mut db.sql()?;
     if let Some(client_id) = client_id {
         if let Some(message) = store::find_message_by_client_id(sql, chat_id, user_id, client_id)? {
             return Ok(Sent::Retried(message));
@@ -91,7 +94,7 @@ pub fn send(
     }
     match store::insert_message(sql, chat_id, user_id, content, client_id) {
         Ok(Some(message)) => {
-            events::publish(ctx.app, &[message.event("message.created", user_id, message.seq, message.created_at)]);
+            events::publish(app, &[message.event("message.created", user_id, message.seq, message.created_at)]);
             Ok(Sent::New(message))
         }
         Ok(None) => Err(ApiError::NotFound),
@@ -180,9 +183,15 @@ pub fn mark_read(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, 
     if seq < 0 {
         return Err(ApiError::invalid("seq", "seq must not be negative"));
     }
-    let sql = &mut ctx.db.sql()?;
-    store::move_read_marker(sql, chat_id, user_id, seq)?.ok_or(ApiError::NotFound)?;
+    mark_read_up_to(ctx.app, ctx.db, user_id, chat_id, seq)?;
     Ok(Reply::no_content())
+}
+
+/// Moves the caller's read marker and tells the chat's members; shared by REST and WebSocket.
+pub fn mark_read_up_to(app: &App, db: &mut Db, user_id: i64, chat_id: ChatId, seq: i64) -> Result<(), ApiError> {
+    let seq = store::move_read_marker(&mut db.sql()?, chat_id, user_id, seq)?.ok_or(ApiError::NotFound)?;
+    events::publish_live(app, Live::Read { chat_id: chat_id.0, user_id, seq });
+    Ok(())
 }
 
 #[cfg(test)]

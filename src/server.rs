@@ -9,12 +9,12 @@
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::accounts::{self, User};
+use crate::accounts;
 use crate::auth::{self, Session};
 use crate::chats;
 use crate::config::{Config, LogLevel};
@@ -22,12 +22,17 @@ use crate::db::{self, Db};
 use crate::error::ApiError;
 use crate::events;
 use crate::http::{self, Body, Query, Reply};
+use crate::hub::Hub;
+use crate::jobs::Jobs;
 use crate::legacy;
 use crate::messages;
 use crate::migrate;
+use crate::notify::{self, Notifier};
 use crate::ops;
+use crate::presence;
 use crate::ratelimit::FailureLimiter;
 use crate::router::{self, Route, UserId};
+use crate::ws;
 
 /// What every worker shares: configuration and process-wide state.
 pub struct App {
@@ -37,13 +42,13 @@ pub struct App {
     pub decoy_password_hash: String,
     /// The WebSocket endpoint, as clients should dial it.
     pub ws_url: String,
-}
-
-impl App {
-    /// Another user as the API shows them.
-    pub fn user(&self, id: i64, username: String) -> User {
-        User { id, username, online: false }
-    }
+    /// This process among the others sharing the database (random, positive).
+    pub process_id: i64,
+    pub hub: Hub,
+    pub notifier: Notifier,
+    pub jobs: Jobs,
+    pub next_conn: AtomicU64,
+    pub stopping: AtomicBool,
 }
 
 /// One request being handled, with its worker's connection.
@@ -78,12 +83,13 @@ impl Ctx<'_> {
     }
 }
 
-/// A started server; dropping it leaves the threads running until the process ends.
+/// A started server. Dropping it stops the server: workers finish their
+/// requests, WebSockets are closed with 1001, background threads end.
 pub struct Running {
+    app: Arc<App>,
     http_addr: SocketAddr,
     ws_addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -96,18 +102,26 @@ impl Running {
     }
 
     /// Blocks until the server stops (it does not stop on its own).
-    pub fn wait(self) {
-        for thread in self.threads {
-            let _ = thread.join();
+    pub fn wait(mut self) {
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = worker.join();
         }
     }
 
-    /// Stops accepting work and waits for the workers to finish their requests.
-    pub fn shutdown(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for thread in self.threads {
-            let _ = thread.join();
+    /// Stops the server and waits for the HTTP workers.
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.app.stopping.store(true, Ordering::SeqCst);
+        self.app.hub.shutdown();
+        // Wakes the WebSocket accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = worker.join();
         }
+        presence::forget_process(&self.app.config.database_url, self.app.process_id);
     }
 }
 
@@ -132,21 +146,34 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let http = Arc::new(tiny_http::Server::from_listener(http_listener, None).map_err(|e| e.to_string())?);
+    let process_id = i64::from_le_bytes(auth::random_bytes()) & i64::MAX;
+    let jobs = Jobs::start(&config.database_url, (config.workers / 2).max(2))?;
+    let notifier = Notifier::start(&config.database_url, process_id)?;
+    let (presence_changes, presence_inbox) = crossbeam_channel::unbounded();
+    let hub = Hub::start(jobs.clone(), presence_changes)?;
+    presence::start(&config.database_url, process_id, notifier.clone(), hub.clone(), presence_inbox)?;
     let app = Arc::new(App {
         login_failures: FailureLimiter::new(config.rate_limits),
         decoy_password_hash: auth::hash_password("decoy password", config.password_iterations),
         ws_url: format!("ws://{ws_addr}/ws"),
+        process_id,
+        hub,
+        notifier,
+        jobs,
+        next_conn: AtomicU64::new(1),
+        stopping: AtomicBool::new(false),
         config,
     });
-    let stopping = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
+    notify::listen(app.clone())?;
+    ws::listen(app.clone(), ws_listener)?;
+    let mut workers = Vec::new();
     for idx in 0..app.config.workers {
-        let (http, app, stopping) = (http.clone(), app.clone(), stopping.clone());
+        let (http, app) = (http.clone(), app.clone());
         let mut db = Db::new(&app.config.database_url)?;
-        let thread = std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name(format!("http-{idx}"))
             .spawn(move || {
-                while !stopping.load(Ordering::SeqCst) {
+                while !app.stopping.load(Ordering::SeqCst) {
                     match http.recv_timeout(RECV_TICK) {
                         Ok(Some(request)) => handle(&app, &mut db, request),
                         Ok(None) => {}
@@ -155,10 +182,9 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
                 }
             })
             .map_err(|e| format!("cannot start a worker thread: {e}"))?;
-        threads.push(thread);
+        workers.push(worker);
     }
-    drop(ws_listener);
-    Ok(Running { http_addr, ws_addr, stopping, threads })
+    Ok(Running { app, http_addr, ws_addr, workers })
 }
 
 /// One request, start to finish. Never panics out: the worker lives on.
@@ -211,7 +237,7 @@ fn dispatch(ctx: &mut Ctx) -> Result<Reply, ApiError> {
         Route::DeleteAllSessions => accounts::delete_all_sessions(ctx, &session),
         Route::SearchUsers => accounts::search_users(ctx),
         Route::GetUser(user) => accounts::get_user(ctx, user),
-        Route::CreateWsTicket => Err(ApiError::NotFound),
+        Route::CreateWsTicket => accounts::create_ws_ticket(ctx, &session),
         Route::CreateChat => chats::create_chat(ctx, user_id),
         Route::ListChats => chats::list_chats(ctx, user_id),
         Route::GetChat(chat) => chats::get_chat(ctx, user_id, chat),

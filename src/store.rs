@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use serde_json::Value;
 
-use crate::accounts::Me;
+use crate::accounts::{Me, User};
 use crate::auth::Session;
 use crate::chats::{Chat, ChatInfo, Member, NewChat};
 use crate::db::Sql;
@@ -100,19 +100,33 @@ pub fn delete_user_sessions(sql: &mut Sql<impl GenericClient>, user_id: i64) -> 
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// Whether `users.id` has a WebSocket open on a live process.
+macro_rules! online_column {
+    () => {
+        "EXISTS (SELECT 1 FROM presence p JOIN server_processes s ON s.id = p.process_id
+                 WHERE p.user_id = users.id AND s.heartbeat_at > now() - interval '15 seconds')"
+    };
+}
+
 /// Users whose username starts with `prefix`, ignoring case, by username.
-pub fn search_users(
-    sql: &mut Sql<impl GenericClient>,
-    prefix: &str,
-    limit: i64,
-) -> Result<Vec<(i64, String)>, ApiError> {
+pub fn search_users(sql: &mut Sql<impl GenericClient>, prefix: &str, limit: i64) -> Result<Vec<User>, ApiError> {
     let pattern = format!("{}%", like_escape(&prefix.to_lowercase()));
     let rows = sql.query(
-        "SELECT id, username FROM users WHERE lower(username) LIKE $1
-         ORDER BY lower(username) LIMIT $2",
+        concat!(
+            "SELECT id, username, ",
+            online_column!(),
+            " FROM users WHERE lower(username) LIKE $1 ORDER BY lower(username) LIMIT $2"
+        ),
         &[&pattern, &limit],
     )?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows.iter().map(|row| User { id: row.get(0), username: row.get(1), online: row.get(2) }).collect())
+}
+
+/// Another user as the API shows them.
+pub fn find_user(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Option<User>, ApiError> {
+    let row =
+        sql.query_opt(concat!("SELECT id, username, ", online_column!(), " FROM users WHERE id = $1"), &[&user_id.0])?;
+    Ok(row.map(|row| User { id: row.get(0), username: row.get(1), online: row.get(2) }))
 }
 
 pub fn find_username(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Option<String>, ApiError> {
@@ -536,4 +550,99 @@ pub fn move_read_marker(
         &[&chat_id.0, &user_id, &seq],
     )?;
     Ok(row.map(|row| row.get(0)))
+}
+
+// Real-time bookkeeping: tickets, processes, presence.
+
+/// Marks a ticket's nonce used; `false` if it was used before. Forgets
+/// expired nonces on the way, so the table stays small.
+pub fn use_ticket_nonce(sql: &mut Sql<impl GenericClient>, nonce: &str, expires_unix: i64) -> Result<bool, ApiError> {
+    sql.execute("DELETE FROM ws_ticket_uses WHERE expires_at < now() - interval '1 minute'", &[])?;
+    let inserted = sql.execute(
+        "INSERT INTO ws_ticket_uses (nonce, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING",
+        &[&nonce, &(expires_unix as f64)],
+    )?;
+    Ok(inserted == 1)
+}
+
+/// The live session with this id, with its user.
+pub fn find_session_by_id(sql: &mut Sql<impl GenericClient>, session_id: i64) -> Result<Option<Session>, ApiError> {
+    let row = sql.query_opt(
+        "SELECT s.id, u.id, u.username, u.email, u.created_at
+         FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id = $1 AND s.expires_at > now()",
+        &[&session_id],
+    )?;
+    Ok(row.map(|row| Session { id: row.get(0), user: me_from(&row, 1) }))
+}
+
+/// Each of the user's chats with its last seq: the `ready` snapshot.
+pub fn list_chat_seqs(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<Vec<(i64, i64)>, ApiError> {
+    let rows = sql.query(
+        "SELECT c.id, c.last_seq FROM chat_members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = $1 ORDER BY c.id",
+        &[&user_id],
+    )?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Records this process as alive, now.
+pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Result<(), ApiError> {
+    sql.execute(
+        "INSERT INTO server_processes (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        &[&process_id],
+    )?;
+    Ok(())
+}
+
+/// Forgets processes that stopped beating a minute ago, and their presence.
+pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<(), ApiError> {
+    sql.execute("DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute'", &[])?;
+    Ok(())
+}
+
+pub fn delete_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Result<(), ApiError> {
+    sql.execute("DELETE FROM server_processes WHERE id = $1", &[&process_id])?;
+    Ok(())
+}
+
+/// Records or forgets a user's connections on this process; returns whether
+/// the user is connected anywhere else (another process with a fresh heartbeat).
+pub fn set_presence(
+    sql: &mut Sql<impl GenericClient>,
+    process_id: i64,
+    user_id: i64,
+    online: bool,
+) -> Result<bool, ApiError> {
+    if online {
+        sql.execute(
+            "INSERT INTO presence (user_id, process_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&user_id, &process_id],
+        )?;
+    } else {
+        sql.execute("DELETE FROM presence WHERE user_id = $1 AND process_id = $2", &[&user_id, &process_id])?;
+    }
+    let row = sql.query_one(
+        "SELECT EXISTS (SELECT 1 FROM presence p JOIN server_processes s ON s.id = p.process_id
+                        WHERE p.user_id = $1 AND p.process_id <> $2 AND s.heartbeat_at > now() - interval '15 seconds')",
+        &[&user_id, &process_id],
+    )?;
+    Ok(row.get(0))
+}
+
+/// The ids of the chats a user is in.
+pub fn list_chat_ids(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<Vec<i64>, ApiError> {
+    let rows = sql.query("SELECT chat_id FROM chat_members WHERE user_id = $1", &[&user_id])?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Subscribes this connection to the processes' shared channel.
+pub fn listen(sql: &mut Sql<impl GenericClient>) -> Result<(), ApiError> {
+    sql.execute("LISTEN messaging", &[])?;
+    Ok(())
+}
+
+/// Sends one payload on the processes' shared channel.
+pub fn notify(sql: &mut Sql<impl GenericClient>, payload: &str) -> Result<(), ApiError> {
+    sql.execute("SELECT pg_notify('messaging', $1)", &[&payload])?;
+    Ok(())
 }

@@ -1,0 +1,629 @@
+//! The hub: one thread that knows every WebSocket connection of this process,
+//! which chats each connected user is in, and fans events out to them.
+//!
+//! Everything reaches the hub as a message on one channel, so its state needs
+//! no lock and its decisions happen in one order. Events arrive from several
+//! workers and processes, so possibly out of order; the hub delivers each
+//! chat's events strictly by seq, holding a later one until the earlier
+//! arrives, and asks the database for a missing one after `HOLD` (which also
+//! covers a process that died between its commit and its notification).
+//!
+//! A connection registers before its `ready` snapshot is read and is
+//! "pending" until it subscribes with that snapshot; the events delivered
+//! meanwhile are kept and replayed past the snapshot's seqs, so nothing falls
+//! between the snapshot and the subscription.
+//!
+//! The hub never blocks on a connection: each has a bounded queue, and one
+//! that is full is closed with 4008 (`lagging`); the client catches up with
+//! `/events`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender, TrySendError};
+use serde_json::json;
+
+use crate::events::{Event, Payload};
+use crate::jobs::Jobs;
+use crate::router::ChatId;
+use crate::store;
+
+/// How long a later seq waits for an earlier one before the hub reads it from the table.
+const HOLD: Duration = Duration::from_millis(20);
+/// The most events a pending connection keeps before it is told to catch up.
+const MAX_PENDING: usize = 10_000;
+
+/// Close codes the server sends.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_LAGGING: u16 = 4008;
+pub const CLOSE_LOGGED_OUT: u16 = 4001;
+
+pub type ConnId = u64;
+
+/// What a connection's writer thread is handed: whole frames, encoded once.
+pub enum Out {
+    Frame(Arc<[u8]>),
+    /// Nothing to write; look at the connection's close flag.
+    Wake,
+}
+
+/// What the hub and a connection's threads share about it.
+#[derive(Default)]
+pub struct ConnShared {
+    close_code: AtomicU16,
+}
+
+impl ConnShared {
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn close(&self, code: u16) {
+        let _ = self.close_code.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The requested close code, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        Some(self.close_code.load(Ordering::SeqCst)).filter(|code| *code != 0)
+    }
+}
+
+/// How a connection wants events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Contract section 6: every event of every chat, typing, read, presence.
+    Current,
+    /// The seed's `?chat_id=` socket: `{"content", "chat_id"}` for new messages of one chat.
+    Seed(ChatId),
+}
+
+/// Typing and read frames: live only, never stored.
+#[derive(Clone, Debug)]
+pub enum Live {
+    Typing { chat_id: i64, user_id: i64 },
+    Read { chat_id: i64, user_id: i64, seq: i64 },
+}
+
+/// A connection as the hub knows it.
+pub struct Registration {
+    pub conn: ConnId,
+    pub user_id: i64,
+    pub session_id: i64,
+    pub protocol: Protocol,
+    pub queue: Sender<Out>,
+    pub shared: Arc<ConnShared>,
+}
+
+enum Msg {
+    Event(Arc<Event>),
+    RemoteEvent { chat_id: i64, seq: i64 },
+    Fetched { chat_id: i64, events: Option<Vec<Event>> },
+    Live(Live),
+    Presence { user_id: i64, online: bool, chat_ids: Vec<i64> },
+    Register(Registration),
+    Subscribe { conn: ConnId, chats: Vec<(i64, i64)> },
+    Unregister(ConnId),
+    Typing { conn: ConnId, chat_id: i64 },
+    SessionsEnded(Vec<i64>),
+    Resync,
+    Shutdown,
+}
+
+/// A handle to the hub thread; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inbox: Sender<Msg>,
+}
+
+/// What the hub tells the presence thread: a user's first connection on this
+/// process opened, or its last one closed.
+pub type PresenceChange = (i64, bool);
+
+impl Hub {
+    /// Starts the hub thread. `presence` hears of first-open and last-close.
+    pub fn start(jobs: Jobs, presence: Sender<PresenceChange>) -> Result<Hub, String> {
+        let (inbox, messages) = unbounded();
+        let hub = Hub { inbox };
+        let state = State {
+            hub: hub.clone(),
+            jobs,
+            presence,
+            conns: HashMap::new(),
+            users: HashMap::new(),
+            chats: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("hub".into())
+            .spawn(move || state.run(messages))
+            .map_err(|e| format!("cannot start the hub thread: {e}"))?;
+        Ok(hub)
+    }
+
+    fn send(&self, msg: Msg) {
+        let _ = self.inbox.send(msg);
+    }
+
+    /// A committed event of this process.
+    pub fn event(&self, event: Event) {
+        self.send(Msg::Event(Arc::new(event)));
+    }
+
+    /// Another process committed `(chat_id, seq)`; the hub reads it from the table.
+    pub fn remote_event(&self, chat_id: i64, seq: i64) {
+        self.send(Msg::RemoteEvent { chat_id, seq });
+    }
+
+    pub fn live(&self, live: Live) {
+        self.send(Msg::Live(live));
+    }
+
+    /// A user came online or went offline; frames go to users who share one of `chat_ids`.
+    pub fn presence(&self, user_id: i64, online: bool, chat_ids: Vec<i64>) {
+        self.send(Msg::Presence { user_id, online, chat_ids });
+    }
+
+    pub fn register(&self, registration: Registration) {
+        self.send(Msg::Register(registration));
+    }
+
+    /// Ends a connection's pending state with its `ready` snapshot: `(chat_id, last_seq)`.
+    pub fn subscribe(&self, conn: ConnId, chats: Vec<(i64, i64)>) {
+        self.send(Msg::Subscribe { conn, chats });
+    }
+
+    pub fn unregister(&self, conn: ConnId) {
+        self.send(Msg::Unregister(conn));
+    }
+
+    /// A typing frame from a connection; the hub checks membership.
+    pub fn typing(&self, conn: ConnId, chat_id: i64) {
+        self.send(Msg::Typing { conn, chat_id });
+    }
+
+    /// Closes every connection opened with one of these sessions.
+    pub fn sessions_ended(&self, session_ids: Vec<i64>) {
+        self.send(Msg::SessionsEnded(session_ids));
+    }
+
+    /// The cross-process feed had a gap: every client must catch up.
+    pub fn resync(&self) {
+        self.send(Msg::Resync);
+    }
+
+    /// Closes every connection with 1001 and stops the hub.
+    pub fn shutdown(&self) {
+        self.send(Msg::Shutdown);
+    }
+}
+
+struct Conn {
+    user_id: i64,
+    session_id: i64,
+    protocol: Protocol,
+    queue: Sender<Out>,
+    shared: Arc<ConnShared>,
+    /// Events delivered while the connection waited for its snapshot.
+    pending: Option<Vec<Arc<Event>>>,
+}
+
+/// Ordering state of one chat that someone here cares about.
+#[derive(Default)]
+struct ChatState {
+    /// The next seq to deliver.
+    next: i64,
+    held: BTreeMap<i64, Arc<Event>>,
+    /// The highest seq another process announced.
+    announced: i64,
+    fetching: bool,
+    deadline: Option<Instant>,
+    /// Users with a subscribed connection here who are members.
+    users: HashSet<i64>,
+}
+
+struct State {
+    hub: Hub,
+    jobs: Jobs,
+    presence: Sender<PresenceChange>,
+    conns: HashMap<ConnId, Conn>,
+    /// For each user with a subscribed connection: its connections and chats.
+    users: HashMap<i64, (Vec<ConnId>, HashSet<i64>)>,
+    chats: HashMap<i64, ChatState>,
+}
+
+impl State {
+    fn run(mut self, messages: Receiver<Msg>) {
+        loop {
+            let wait =
+                self.next_deadline().map_or(Duration::from_secs(1), |at| at.saturating_duration_since(Instant::now()));
+            match messages.recv_timeout(wait) {
+                Ok(Msg::Shutdown) => {
+                    self.close_all(CLOSE_GOING_AWAY);
+                    return;
+                }
+                Ok(msg) => self.handle(msg),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+            self.fetch_overdue();
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(event) => self.accept(event),
+            Msg::RemoteEvent { chat_id, seq } => self.announced(chat_id, seq),
+            Msg::Fetched { chat_id, events } => self.fetched(chat_id, events),
+            Msg::Live(live) => self.live(live),
+            Msg::Presence { user_id, online, chat_ids } => self.presence(user_id, online, &chat_ids),
+            Msg::Register(registration) => self.register(registration),
+            Msg::Subscribe { conn, chats } => self.subscribe(conn, chats),
+            Msg::Unregister(conn) => self.unregister(conn),
+            Msg::Typing { conn, chat_id } => self.typing(conn, chat_id),
+            Msg::SessionsEnded(session_ids) => {
+                let ended: Vec<ConnId> =
+                    self.conns.iter().filter(|(_, c)| session_ids.contains(&c.session_id)).map(|(id, _)| *id).collect();
+                for conn in ended {
+                    self.close(conn, CLOSE_LOGGED_OUT);
+                }
+            }
+            Msg::Resync => self.close_all(CLOSE_LAGGING),
+            Msg::Shutdown => unreachable!("handled in run"),
+        }
+    }
+
+    /// Whether anyone here could want this chat's events: a member with a
+    /// subscribed connection, or a connection still waiting for its snapshot.
+    fn wanted(&self, chat_id: i64) -> bool {
+        self.chats.contains_key(&chat_id) || self.conns.values().any(|c| c.pending.is_some())
+    }
+
+    fn accept(&mut self, event: Arc<Event>) {
+        if !self.wanted(event.chat_id) {
+            return;
+        }
+        let chat =
+            self.chats.entry(event.chat_id).or_insert_with(|| ChatState { next: event.seq, ..ChatState::default() });
+        if event.seq >= chat.next {
+            chat.held.insert(event.seq, event.clone());
+        }
+        self.drain(event.chat_id);
+    }
+
+    fn announced(&mut self, chat_id: i64, seq: i64) {
+        if !self.wanted(chat_id) {
+            return;
+        }
+        let chat = self.chats.entry(chat_id).or_insert_with(|| ChatState { next: seq, ..ChatState::default() });
+        chat.announced = chat.announced.max(seq);
+        if seq >= chat.next && !chat.held.contains_key(&seq) {
+            self.fetch(chat_id);
+        }
+    }
+
+    fn fetched(&mut self, chat_id: i64, events: Option<Vec<Event>>) {
+        let Some(chat) = self.chats.get_mut(&chat_id) else { return };
+        chat.fetching = false;
+        match events {
+            Some(events) => {
+                for event in events {
+                    if event.seq >= chat.next {
+                        chat.held.insert(event.seq, Arc::new(event));
+                    }
+                }
+                self.drain(chat_id);
+            }
+            None => chat.deadline = Some(Instant::now() + HOLD * 10),
+        }
+    }
+
+    /// Delivers held events from `next` on; sets a deadline if a gap remains.
+    fn drain(&mut self, chat_id: i64) {
+        let mut ready = Vec::new();
+        let Some(chat) = self.chats.get_mut(&chat_id) else { return };
+        while let Some(event) = chat.held.remove(&chat.next) {
+            chat.next += 1;
+            ready.push(event);
+        }
+        let gap = !chat.held.is_empty() || chat.announced >= chat.next;
+        chat.deadline = match (gap, chat.deadline) {
+            (false, _) => None,
+            (true, Some(at)) => Some(at),
+            (true, None) => Some(Instant::now() + HOLD),
+        };
+        for event in ready {
+            self.deliver(event);
+        }
+        self.forget_if_unwanted(chat_id);
+    }
+
+    fn forget_if_unwanted(&mut self, chat_id: i64) {
+        let idle = self.chats.get(&chat_id).is_some_and(|c| c.users.is_empty() && c.deadline.is_none() && !c.fetching);
+        if idle && !self.conns.values().any(|c| c.pending.is_some()) {
+            self.chats.remove(&chat_id);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.chats.values().filter(|c| !c.fetching).filter_map(|c| c.deadline).min()
+    }
+
+    fn fetch_overdue(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<i64> = self
+            .chats
+            .iter()
+            .filter(|(_, c)| !c.fetching && c.deadline.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for chat_id in overdue {
+            self.fetch(chat_id);
+        }
+    }
+
+    /// Reads the chat's events from `next` on, on a job thread.
+    fn fetch(&mut self, chat_id: i64) {
+        let Some(chat) = self.chats.get_mut(&chat_id) else { return };
+        if chat.fetching {
+            return;
+        }
+        chat.fetching = true;
+        chat.deadline = None;
+        let (after, hub) = (chat.next - 1, self.hub.clone());
+        let queued = self.jobs.spawn(move |db| {
+            let events = db.sql().and_then(|mut sql| store::list_events(&mut sql, ChatId(chat_id), after, 1000)).ok();
+            hub.send(Msg::Fetched { chat_id, events });
+        });
+        if !queued {
+            chat.fetching = false;
+            chat.deadline = Some(Instant::now() + HOLD * 10);
+        }
+    }
+
+    /// Sends one in-order event to every connection that should have it.
+    fn deliver(&mut self, event: Arc<Event>) {
+        let member_change = match &event.payload {
+            Payload::Member(member) => Some((event.kind, member.id)),
+            _ => None,
+        };
+        if let Some(("member.added", user_id)) = member_change {
+            self.join(user_id, event.chat_id);
+        }
+        let frame = text_frame(&json!({ "type": "event", "event": &*event }).to_string());
+        let seed_frame = match &event.payload {
+            Payload::Message(message) if event.kind == "message.created" => {
+                Some(text_frame(&json!({ "content": message.content, "chat_id": message.chat_id }).to_string()))
+            }
+            _ => None,
+        };
+        let mut overflowing = Vec::new();
+        for (conn_id, conn) in self.conns.iter_mut() {
+            if let Some(pending) = &mut conn.pending {
+                pending.push(event.clone());
+                if pending.len() > MAX_PENDING {
+                    overflowing.push(*conn_id);
+                }
+            }
+        }
+        let users: Vec<i64> =
+            self.chats.get(&event.chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
+        for user_id in users {
+            let conn_ids = self.users.get(&user_id).map(|(conns, _)| conns.clone()).unwrap_or_default();
+            for conn_id in conn_ids {
+                let Some(conn) = self.conns.get(&conn_id) else { continue };
+                let bytes = match conn.protocol {
+                    Protocol::Current => Some(&frame),
+                    Protocol::Seed(chat) if chat.0 == event.chat_id => seed_frame.as_ref(),
+                    Protocol::Seed(_) => None,
+                };
+                if let Some(bytes) = bytes {
+                    if !offer(conn, bytes) {
+                        overflowing.push(conn_id);
+                    }
+                }
+            }
+        }
+        if let Some(("member.removed", user_id)) = member_change {
+            self.leave(user_id, event.chat_id);
+        }
+        for conn_id in overflowing {
+            self.close(conn_id, CLOSE_LAGGING);
+        }
+    }
+
+    fn join(&mut self, user_id: i64, chat_id: i64) {
+        if let Some((_, chats)) = self.users.get_mut(&user_id) {
+            chats.insert(chat_id);
+            self.chats.entry(chat_id).or_default().users.insert(user_id);
+        }
+    }
+
+    fn leave(&mut self, user_id: i64, chat_id: i64) {
+        if let Some((_, chats)) = self.users.get_mut(&user_id) {
+            chats.remove(&chat_id);
+        }
+        if let Some(chat) = self.chats.get_mut(&chat_id) {
+            chat.users.remove(&user_id);
+        }
+    }
+
+    fn live(&mut self, live: Live) {
+        let (chat_id, user_id, message) = match live {
+            Live::Typing { chat_id, user_id } => {
+                (chat_id, user_id, json!({ "type": "typing", "chat_id": chat_id, "user_id": user_id }))
+            }
+            Live::Read { chat_id, user_id, seq } => {
+                (chat_id, user_id, json!({ "type": "read", "chat_id": chat_id, "user_id": user_id, "seq": seq }))
+            }
+        };
+        let typing = message["type"] == "typing";
+        let frame = text_frame(&message.to_string());
+        let users: Vec<i64> = self.chats.get(&chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
+        self.send_to_users(users.into_iter().filter(|u| !(typing && *u == user_id)), &frame);
+    }
+
+    fn presence(&mut self, user_id: i64, online: bool, chat_ids: &[i64]) {
+        let frame = text_frame(&json!({ "type": "presence", "user_id": user_id, "online": online }).to_string());
+        let mut users = HashSet::new();
+        for chat_id in chat_ids {
+            if let Some(chat) = self.chats.get(chat_id) {
+                users.extend(chat.users.iter().copied().filter(|u| *u != user_id));
+            }
+        }
+        self.send_to_users(users.into_iter(), &frame);
+    }
+
+    /// Sends a live frame to every current-protocol connection of these users.
+    fn send_to_users(&mut self, users: impl Iterator<Item = i64>, frame: &Arc<[u8]>) {
+        let mut overflowing = Vec::new();
+        for user_id in users {
+            for conn_id in self.users.get(&user_id).map(|(conns, _)| conns.as_slice()).unwrap_or_default() {
+                if let Some(conn) = self.conns.get(conn_id).filter(|c| c.protocol == Protocol::Current) {
+                    if !offer(conn, frame) {
+                        overflowing.push(*conn_id);
+                    }
+                }
+            }
+        }
+        for conn_id in overflowing {
+            self.close(conn_id, CLOSE_LAGGING);
+        }
+    }
+
+    fn register(&mut self, registration: Registration) {
+        let conn = Conn {
+            user_id: registration.user_id,
+            session_id: registration.session_id,
+            protocol: registration.protocol,
+            queue: registration.queue,
+            shared: registration.shared,
+            pending: Some(Vec::new()),
+        };
+        self.conns.insert(registration.conn, conn);
+    }
+
+    /// Ends the pending state: replays what was delivered since registration
+    /// past the snapshot, then routes the user's chats to the connection.
+    fn subscribe(&mut self, conn_id: ConnId, snapshot: Vec<(i64, i64)>) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else { return };
+        let pending = conn.pending.take().unwrap_or_default();
+        let user_id = conn.user_id;
+        let mut chats: HashMap<i64, i64> = snapshot.iter().copied().collect();
+        let mut replay = Vec::new();
+        for event in pending {
+            let member = match &event.payload {
+                Payload::Member(member) if member.id == user_id => Some(event.kind),
+                _ => None,
+            };
+            if member == Some("member.added") {
+                chats.entry(event.chat_id).or_insert(event.seq - 1);
+            }
+            if chats.get(&event.chat_id).is_some_and(|last_seq| event.seq > *last_seq) {
+                replay.push(event.clone());
+            }
+            if member == Some("member.removed") {
+                chats.remove(&event.chat_id);
+            }
+        }
+        let first = !self.users.contains_key(&user_id);
+        let entry = self.users.entry(user_id).or_insert_with(|| (Vec::new(), chats.keys().copied().collect()));
+        entry.0.push(conn_id);
+        let user_chats: Vec<i64> = entry.1.iter().copied().collect();
+        for (chat_id, last_seq) in &snapshot {
+            let chat =
+                self.chats.entry(*chat_id).or_insert_with(|| ChatState { next: last_seq + 1, ..ChatState::default() });
+            if user_chats.contains(chat_id) {
+                chat.users.insert(user_id);
+            }
+        }
+        for chat_id in &user_chats {
+            self.chats.entry(*chat_id).or_default().users.insert(user_id);
+        }
+        if let Some(conn) = self.conns.get(&conn_id) {
+            for event in replay {
+                let frame = match conn.protocol {
+                    Protocol::Current => text_frame(&json!({ "type": "event", "event": &*event }).to_string()),
+                    Protocol::Seed(chat) => match &event.payload {
+                        Payload::Message(message) if chat.0 == event.chat_id && event.kind == "message.created" => {
+                            text_frame(&json!({ "content": message.content, "chat_id": message.chat_id }).to_string())
+                        }
+                        _ => continue,
+                    },
+                };
+                if !offer(conn, &frame) {
+                    self.close(conn_id, CLOSE_LAGGING);
+                    break;
+                }
+            }
+        }
+        if first {
+            let _ = self.presence.send((user_id, true));
+        }
+        let stale: Vec<i64> = self.chats.keys().copied().collect();
+        for chat_id in stale {
+            self.forget_if_unwanted(chat_id);
+        }
+    }
+
+    fn unregister(&mut self, conn_id: ConnId) {
+        let Some(conn) = self.conns.remove(&conn_id) else { return };
+        let Some((conns, chats)) = self.users.get_mut(&conn.user_id) else { return };
+        conns.retain(|c| *c != conn_id);
+        if !conns.is_empty() {
+            return;
+        }
+        let chats: Vec<i64> = chats.iter().copied().collect();
+        self.users.remove(&conn.user_id);
+        for chat_id in chats {
+            if let Some(chat) = self.chats.get_mut(&chat_id) {
+                chat.users.remove(&conn.user_id);
+            }
+            self.forget_if_unwanted(chat_id);
+        }
+        let _ = self.presence.send((conn.user_id, false));
+    }
+
+    fn typing(&mut self, conn_id: ConnId, chat_id: i64) {
+        let Some(conn) = self.conns.get(&conn_id) else { return };
+        let user_id = conn.user_id;
+        let member = self.users.get(&user_id).is_some_and(|(_, chats)| chats.contains(&chat_id));
+        if !member {
+            let error = json!({ "type": "error", "code": "not_found", "message": "no such chat" });
+            if !offer(conn, &text_frame(&error.to_string())) {
+                self.close(conn_id, CLOSE_LAGGING);
+            }
+            return;
+        }
+        self.live(Live::Typing { chat_id, user_id });
+    }
+
+    /// Asks a connection to close; the writer sends the close frame.
+    fn close(&mut self, conn_id: ConnId, code: u16) {
+        if let Some(conn) = self.conns.get(&conn_id) {
+            conn.shared.close(code);
+            let _ = conn.queue.try_send(Out::Wake);
+        }
+    }
+
+    fn close_all(&mut self, code: u16) {
+        let all: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn_id in all {
+            self.close(conn_id, code);
+        }
+    }
+}
+
+/// Queues a frame for a connection without waiting; `false` if its queue is full.
+fn offer(conn: &Conn, frame: &Arc<[u8]>) -> bool {
+    conn.shared.close_code().is_some()
+        || !matches!(conn.queue.try_send(Out::Frame(frame.clone())), Err(TrySendError::Full(_)))
+}
+
+/// Encodes a server text frame (unmasked) once, to be shared by every recipient.
+pub fn text_frame(text: &str) -> Arc<[u8]> {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    let mut bytes = Vec::with_capacity(text.len() + 10);
+    Frame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true)
+        .format(&mut bytes)
+        .expect("writing to a Vec cannot fail");
+    bytes.into()
+}

@@ -1,0 +1,67 @@
+//! Database work for the real-time side, on a few threads that each own a `Db`.
+//!
+//! WebSocket connections and the hub never hold a database connection: a
+//! thousand idle sockets would otherwise need a thousand. They hand a closure
+//! to `Jobs` and, when they need the answer, wait for it with a deadline.
+//! The queue is bounded, so a burst waits or fails fast instead of growing.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::db::Db;
+use crate::error::ApiError;
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// How long a caller waits for its job's answer before giving up with `503`.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+const QUEUE: usize = 4096;
+
+#[derive(Clone)]
+pub struct Jobs {
+    queue: Sender<Job>,
+}
+
+impl Jobs {
+    /// Starts `threads` threads, each with its own connection to `database_url`.
+    pub fn start(database_url: &str, threads: usize) -> Result<Jobs, String> {
+        let (queue, jobs) = bounded::<Job>(QUEUE);
+        for idx in 0..threads {
+            let mut db = Db::new(database_url)?;
+            let jobs: Receiver<Job> = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("db-job-{idx}"))
+                .spawn(move || {
+                    for job in jobs {
+                        if catch_unwind(AssertUnwindSafe(|| job(&mut db))).is_err() {
+                            db.disconnect();
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start a database job thread: {e}"))?;
+        }
+        Ok(Jobs { queue })
+    }
+
+    /// Queues work whose result nobody waits for; `false` if the queue is full.
+    pub fn spawn(&self, job: impl FnOnce(&mut Db) + Send + 'static) -> bool {
+        self.queue.try_send(Box::new(job)).is_ok()
+    }
+
+    /// Runs `work` on a job thread and waits for its answer.
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Db) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (answer, answered) = bounded(1);
+        let job = move |db: &mut Db| {
+            let _ = answer.send(work(db));
+        };
+        if !self.spawn(job) {
+            return Err(ApiError::Unavailable);
+        }
+        answered.recv_timeout(ANSWER_TIMEOUT).unwrap_or(Err(ApiError::Unavailable))
+    }
+}

@@ -1,0 +1,216 @@
+//! The bridge between server processes: PostgreSQL LISTEN/NOTIFY.
+//!
+//! NOTIFY is never sent inside a message's transaction: it takes a
+//! cluster-wide lock at commit that defeats group commit. After a change
+//! commits, its signal goes to one notifier thread, which batches whatever is
+//! pending into one NOTIFY of at most `MAX_PAYLOAD` bytes. Events travel as
+//! `(chat_id, seq)` only; a receiver reads them from the table. Typing, read
+//! and presence travel whole, since they are not stored.
+//!
+//! Each process has one listener connection that feeds its hub and skips its
+//! own notifications. When that connection is lost, it is opened again and
+//! LISTEN re-issued; notifications sent meanwhile are lost, so the hub then
+//! closes every WebSocket with 4008 and clients catch up from `/events`.
+//!
+//! A payload is the sender's process id on the first line, then one signal a line:
+//! `e <chat> <seq>`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`, `s <session>`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::db::Db;
+use crate::hub::{Hub, Live};
+use crate::server::App;
+use crate::store;
+
+/// PostgreSQL refuses payloads of 8000 bytes or more.
+const MAX_PAYLOAD: usize = 7900;
+/// Signals waiting for the notifier; past this they are dropped (clients see the gap by seq).
+const QUEUE: usize = 65_536;
+
+/// Something other processes must hear of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Event { chat_id: i64, seq: i64 },
+    Typing { chat_id: i64, user_id: i64 },
+    Read { chat_id: i64, user_id: i64, seq: i64 },
+    Presence { user_id: i64, online: bool },
+    SessionEnded { session_id: i64 },
+}
+
+impl Signal {
+    fn encode(&self) -> String {
+        match self {
+            Signal::Event { chat_id, seq } => format!("e {chat_id} {seq}"),
+            Signal::Typing { chat_id, user_id } => format!("t {chat_id} {user_id}"),
+            Signal::Read { chat_id, user_id, seq } => format!("r {chat_id} {user_id} {seq}"),
+            Signal::Presence { user_id, online } => format!("p {user_id} {}", u8::from(*online)),
+            Signal::SessionEnded { session_id } => format!("s {session_id}"),
+        }
+    }
+
+    fn decode(line: &str) -> Option<Signal> {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let n = |idx: usize| parts.get(idx).and_then(|p| p.parse::<i64>().ok());
+        Some(match (parts.first().copied(), parts.len()) {
+            (Some("e"), 3) => Signal::Event { chat_id: n(1)?, seq: n(2)? },
+            (Some("t"), 3) => Signal::Typing { chat_id: n(1)?, user_id: n(2)? },
+            (Some("r"), 4) => Signal::Read { chat_id: n(1)?, user_id: n(2)?, seq: n(3)? },
+            (Some("p"), 3) => Signal::Presence { user_id: n(1)?, online: n(2)? == 1 },
+            (Some("s"), 2) => Signal::SessionEnded { session_id: n(1)? },
+            _ => return None,
+        })
+    }
+}
+
+/// Splits a payload into its sender and signals; malformed lines are skipped.
+fn decode_payload(payload: &str) -> Option<(i64, Vec<Signal>)> {
+    let mut lines = payload.lines();
+    let origin = lines.next()?.parse().ok()?;
+    Some((origin, lines.filter_map(Signal::decode).collect()))
+}
+
+/// A handle to the notifier thread.
+#[derive(Clone)]
+pub struct Notifier {
+    queue: Sender<Signal>,
+}
+
+impl Notifier {
+    /// Starts the thread that sends this process's signals.
+    pub fn start(database_url: &str, process_id: i64) -> Result<Notifier, String> {
+        let (queue, signals) = bounded(QUEUE);
+        let db = Db::new(database_url)?;
+        std::thread::Builder::new()
+            .name("notifier".into())
+            .spawn(move || send_batches(db, process_id, signals))
+            .map_err(|e| format!("cannot start the notifier thread: {e}"))?;
+        Ok(Notifier { queue })
+    }
+
+    /// Queues a signal for other processes; never blocks.
+    pub fn signal(&self, signal: Signal) {
+        let _ = self.queue.try_send(signal);
+    }
+}
+
+fn send_batches(mut db: Db, process_id: i64, signals: Receiver<Signal>) {
+    while let Ok(first) = signals.recv() {
+        let mut payload = format!("{process_id}\n{}", first.encode());
+        while payload.len() < MAX_PAYLOAD - 64 {
+            let Ok(next) = signals.try_recv() else { break };
+            payload.push('\n');
+            payload.push_str(&next.encode());
+        }
+        // A failed send loses this batch; receivers recover events by their seq gaps.
+        if db.sql().and_then(|mut sql| store::notify(&mut sql, &payload)).is_err() {
+            db.disconnect();
+        }
+    }
+}
+
+/// Starts the listener thread, which feeds other processes' signals to the hub
+/// until the server stops.
+pub fn listen(app: Arc<App>) -> Result<(), String> {
+    let db = Db::new(&app.config.database_url)?;
+    std::thread::Builder::new()
+        .name("listener".into())
+        .spawn(move || run_listener(db, &app))
+        .map_err(|e| format!("cannot start the listener thread: {e}"))?;
+    Ok(())
+}
+
+fn run_listener(mut db: Db, app: &App) {
+    let (process_id, hub) = (app.process_id, &app.hub);
+    let mut backoff = Duration::from_millis(100);
+    let mut reconnecting = false;
+    while !app.stopping.load(Ordering::SeqCst) {
+        let listening = db.sql().and_then(|mut sql| store::listen(&mut sql));
+        if listening.is_err() {
+            db.disconnect();
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        if reconnecting {
+            hub.resync();
+        }
+        reconnecting = true;
+        // `relay` blocks up to a second waiting for notifications, so this loop does not spin.
+        while !app.stopping.load(Ordering::SeqCst) {
+            if !relay(&mut db, process_id, hub) {
+                break;
+            }
+        }
+        db.disconnect();
+    }
+}
+
+/// Waits up to a second for notifications and hands them to the hub;
+/// `false` when the connection is gone.
+fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> bool {
+    let Ok(mut sql) = db.sql() else { return false };
+    let mut payloads = Vec::new();
+    {
+        let mut notifications = sql.client().notifications();
+        let mut waiting = notifications.timeout_iter(Duration::from_secs(1));
+        loop {
+            match postgres::fallible_iterator::FallibleIterator::next(&mut waiting) {
+                Ok(Some(notification)) => payloads.push(notification.payload().to_string()),
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+    }
+    if payloads.is_empty() && sql.client().is_valid(Duration::from_secs(5)).is_err() {
+        return false;
+    }
+    for (origin, signals) in payloads.iter().filter_map(|p| decode_payload(p)) {
+        if origin == process_id {
+            continue;
+        }
+        for signal in signals {
+            match signal {
+                Signal::Event { chat_id, seq } => hub.remote_event(chat_id, seq),
+                Signal::Typing { chat_id, user_id } => hub.live(Live::Typing { chat_id, user_id }),
+                Signal::Read { chat_id, user_id, seq } => hub.live(Live::Read { chat_id, user_id, seq }),
+                Signal::Presence { user_id, online } => match store::list_chat_ids(&mut sql, user_id) {
+                    Ok(chat_ids) => hub.presence(user_id, online, chat_ids),
+                    Err(_) => return false,
+                },
+                Signal::SessionEnded { session_id } => hub.sessions_ended(vec![session_id]),
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_survive_a_round_trip() {
+        let signals = [
+            Signal::Event { chat_id: 1, seq: 2 },
+            Signal::Typing { chat_id: 3, user_id: 4 },
+            Signal::Read { chat_id: 5, user_id: 6, seq: 7 },
+            Signal::Presence { user_id: 8, online: true },
+            Signal::Presence { user_id: 9, online: false },
+            Signal::SessionEnded { session_id: 10 },
+        ];
+        let payload = format!("42\n{}", signals.iter().map(Signal::encode).collect::<Vec<_>>().join("\n"));
+        assert_eq!(decode_payload(&payload), Some((42, signals.to_vec())));
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped() {
+        let (origin, signals) = decode_payload("7\nx 1\ne 1\ne 1 2\ne a b\n").unwrap();
+        assert_eq!((origin, signals), (7, vec![Signal::Event { chat_id: 1, seq: 2 }]));
+        assert_eq!(decode_payload("not a number\ne 1 2"), None);
+    }
+}

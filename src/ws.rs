@@ -1,0 +1,389 @@
+//! The WebSocket listener: handshake and credentials, then two threads per
+//! connection.
+//!
+//! Blocking tungstenite has no read/write split, so each side gets its own
+//! handle of the `TcpStream` and exactly one thread writes: the writer, which
+//! writes whole pre-encoded frames from a bounded queue. The reader's
+//! tungstenite `WebSocket` puts its automatic pong and close replies into that
+//! same queue instead of onto the socket, so bytes of two frames never
+//! interleave. Threads get small stacks and tungstenite small buffers, so an
+//! idle connection costs little memory.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use serde_json::json;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+use crate::auth::{self, Session};
+use crate::config::LogLevel;
+use crate::error::ApiError;
+use crate::http::{self, Query};
+use crate::hub::{self, ConnShared, Out, Protocol, Registration};
+use crate::messages::{self, Sent};
+use crate::router::ChatId;
+use crate::server::{self, App};
+use crate::store;
+
+/// The largest frame or message a client may send.
+const MAX_MESSAGE: usize = 64 * 1024;
+const STACK_SIZE: usize = 256 * 1024;
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENCE_LIMIT: Duration = Duration::from_secs(75);
+/// How often the reader wakes to check the silence limit and the close flag.
+const READ_TICK: Duration = Duration::from_secs(1);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A writer blocked this long on a client that does not read gives up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Close code meaning "the close handshake is done; just end the socket".
+const CLOSE_QUIETLY: u16 = 1;
+
+/// Starts the thread that accepts WebSocket connections.
+pub fn listen(app: Arc<App>, listener: TcpListener) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("ws-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                if app.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match stream {
+                    Ok(stream) => {
+                        let conn_app = app.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("ws-read".into())
+                            .stack_size(STACK_SIZE)
+                            .spawn(move || serve(&conn_app, stream));
+                        if let Err(error) = spawned {
+                            server::log(&app, LogLevel::Error, &format!("cannot start a WebSocket thread: {error}"));
+                        }
+                    }
+                    Err(error) => {
+                        // Out of descriptors, say: back off instead of spinning.
+                        server::log(&app, LogLevel::Error, &format!("WebSocket accept failed: {error}"));
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the WebSocket listener: {e}"))?;
+    Ok(())
+}
+
+/// Who connected, and how they want events.
+struct Accepted {
+    session: Session,
+    protocol: Protocol,
+}
+
+/// One connection, on its reader thread, from handshake to close.
+fn serve(app: &Arc<App>, stream: TcpStream) {
+    let Ok(write_half) = stream.try_clone() else { return };
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut accepted = None;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE * 2)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let side = ReadSide { stream, replies: None };
+    // tungstenite's callback type fixes the large `ErrorResponse`.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| match authorize(app, request) {
+        Ok(who) => {
+            accepted = Some(who);
+            Ok(response)
+        }
+        Err(error) => Err(reject(&error)),
+    };
+    let Ok(mut socket) = tungstenite::accept_hdr_with_config(side, callback, Some(config)) else { return };
+    let Some(Accepted { session, protocol }) = accepted else { return };
+    let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
+    let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
+
+    let (queue, frames) = bounded(app.config.ws_queue);
+    socket.get_mut().replies = Some(queue.clone());
+    let shared = Arc::new(ConnShared::default());
+    let writer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("ws-write".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || write(write_half, &frames, &shared))
+    };
+    if writer.is_err() {
+        return;
+    }
+    let conn = app.next_conn.fetch_add(1, Ordering::SeqCst);
+    let user_id = session.user.id;
+    app.hub.register(Registration {
+        conn,
+        user_id,
+        session_id: session.id,
+        protocol,
+        queue: queue.clone(),
+        shared: shared.clone(),
+    });
+    match app.jobs.run(move |db| store::list_chat_seqs(&mut db.sql()?, user_id)) {
+        Ok(chats) => {
+            if protocol == Protocol::Current {
+                let listed: Vec<_> = chats
+                    .iter()
+                    .map(|(chat_id, last_seq)| json!({ "chat_id": chat_id, "last_seq": last_seq }))
+                    .collect();
+                let ready = json!({ "type": "ready", "user": session.user, "chats": listed });
+                let _ = queue.try_send(Out::Frame(hub::text_frame(&ready.to_string())));
+            }
+            app.hub.subscribe(conn, chats);
+            read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
+        }
+        Err(_) => shared.close(1011),
+    }
+    app.hub.unregister(conn);
+    shared.close(CLOSE_QUIETLY);
+    let _ = queue.try_send(Out::Wake);
+}
+
+/// Checks the path, origin and credential inside the handshake.
+fn authorize(app: &Arc<App>, request: &Request) -> Result<Accepted, ApiError> {
+    if request.uri().path() != "/ws" {
+        return Err(ApiError::NotFound);
+    }
+    let allowed = &app.config.ws_allowed_origins;
+    let origin = request.headers().get("Origin").and_then(|o| o.to_str().ok());
+    if !allowed.is_empty() && !origin.is_some_and(|origin| allowed.iter().any(|a| a == origin)) {
+        return Err(ApiError::Forbidden("origin not allowed"));
+    }
+    let query = Query::parse(&request.uri().to_string());
+    let authorization = request.headers().get("Authorization").and_then(|h| h.to_str().ok());
+    let session = match (auth::bearer_token(authorization), query.get("ticket")) {
+        (Some(token), _) => {
+            let hash = auth::token_hash(token);
+            app.jobs.run(move |db| store::find_session(&mut db.sql()?, &hash))?
+        }
+        (None, Some(ticket)) => {
+            let ticket = auth::verify_ticket(&app.config.secret_key, ticket).ok_or(ApiError::Unauthorized)?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            if ticket.expires_unix <= now {
+                return Err(ApiError::Unauthorized);
+            }
+            app.jobs.run(move |db| {
+                let sql = &mut db.sql()?;
+                match store::use_ticket_nonce(sql, &ticket.nonce, ticket.expires_unix)? {
+                    true => store::find_session_by_id(sql, ticket.session_id),
+                    false => Ok(None),
+                }
+            })?
+        }
+        (None, None) => None,
+    };
+    let session = session.ok_or(ApiError::Unauthorized)?;
+    let protocol = match query.get("chat_id") {
+        None => Protocol::Current,
+        Some(chat_id) => {
+            let chat_id = ChatId(chat_id.parse().map_err(|_| ApiError::NotFound)?);
+            let user_id = session.user.id;
+            app.jobs.run(move |db| store::find_role(&mut db.sql()?, chat_id, user_id))?.ok_or(ApiError::NotFound)?;
+            Protocol::Seed(chat_id)
+        }
+    };
+    Ok(Accepted { session, protocol })
+}
+
+/// The handshake's refusal: the contract's error body with its status.
+fn reject(error: &ApiError) -> ErrorResponse {
+    let mut builder =
+        tungstenite::http::Response::builder().status(error.status()).header("Content-Type", "application/json");
+    for (name, value) in error.headers() {
+        builder = builder.header(name, value);
+    }
+    builder.body(Some(error.to_json().to_string())).unwrap_or_else(|_| ErrorResponse::new(None))
+}
+
+/// The reader's loop: client frames in, answers queued for the writer.
+fn read(
+    app: &Arc<App>,
+    socket: &mut WebSocket<ReadSide>,
+    conn: hub::ConnId,
+    user_id: i64,
+    protocol: Protocol,
+    queue: &Sender<Out>,
+    shared: &ConnShared,
+) {
+    let mut last_heard = Instant::now();
+    while shared.close_code().is_none() {
+        match socket.read() {
+            Ok(Message::Text(text)) => {
+                last_heard = Instant::now();
+                let answer = match protocol {
+                    Protocol::Current => answer(app, conn, user_id, text.as_bytes()),
+                    Protocol::Seed(chat_id) => answer_seed(app, user_id, chat_id, text.as_bytes()),
+                };
+                if let Some(answer) = answer {
+                    if queue.try_send(Out::Frame(hub::text_frame(&answer.to_string()))).is_err() {
+                        shared.close(hub::CLOSE_LAGGING);
+                    }
+                }
+            }
+            Ok(Message::Binary(_)) => shared.close(u16::from(CloseCode::Unsupported)),
+            Ok(_) => last_heard = Instant::now(),
+            Err(WsError::Io(error)) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    shared.close(u16::from(CloseCode::Away));
+                }
+            }
+            Err(WsError::Capacity(_)) => shared.close(u16::from(CloseCode::Size)),
+            Err(WsError::Protocol(_)) => shared.close(u16::from(CloseCode::Protocol)),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Answers one frame of the current protocol; `None` when nothing is owed.
+fn answer(app: &Arc<App>, conn: hub::ConnId, user_id: i64, frame: &[u8]) -> Option<serde_json::Value> {
+    let body = match http::parse_body(frame) {
+        Ok(body) => body,
+        Err(_) => return Some(ApiError::malformed("frame is not a JSON object").to_frame(None)),
+    };
+    let client_id = body.opt_str("client_id").ok().flatten().map(String::from);
+    let outcome = match body.str("type") {
+        Ok("ping") => Ok(Some(json!({ "type": "pong" }))),
+        Ok("typing") => body.i64("chat_id").map(|chat_id| {
+            app.hub.typing(conn, chat_id);
+            None
+        }),
+        Ok("read") => (|| {
+            let (chat_id, seq) = (ChatId(body.i64("chat_id")?), body.i64("seq")?);
+            if seq < 0 {
+                return Err(ApiError::invalid("seq", "seq must not be negative"));
+            }
+            let app = app.clone();
+            app.jobs.clone().run(move |db| messages::mark_read_up_to(&app, db, user_id, chat_id, seq))?;
+            Ok(None)
+        })(),
+        Ok("send") => (|| {
+            let chat_id = ChatId(body.i64("chat_id")?);
+            let content = messages::parse_content(body.str("content")?)?.to_string();
+            let client_id = messages::parse_client_id(body.opt_str("client_id")?)?.map(String::from);
+            let app = app.clone();
+            let sent = app
+                .jobs
+                .clone()
+                .run(move |db| messages::send(&app, db, user_id, chat_id, &content, client_id.as_deref()))?;
+            let (Sent::New(message) | Sent::Retried(message)) = sent;
+            Ok(Some(json!({ "type": "ack", "client_id": message.client_id, "message": message })))
+        })(),
+        Ok(_) => Err(ApiError::invalid("type", "type must be send, typing, read or ping")),
+        Err(error) => Err(error),
+    };
+    outcome.unwrap_or_else(|error| Some(error.to_frame(client_id.as_deref())))
+}
+
+/// The seed's socket: each `{"content"}` frame is a message in its chat.
+fn answer_seed(app: &Arc<App>, user_id: i64, chat_id: ChatId, frame: &[u8]) -> Option<serde_json::Value> {
+    let stored = http::parse_body(frame).and_then(|body| {
+        let content = messages::parse_content(body.str("content")?)?.to_string();
+        let app = app.clone();
+        app.jobs.clone().run(move |db| messages::send(&app, db, user_id, chat_id, &content, None))
+    });
+    stored.err().map(|error| error.to_frame(None))
+}
+
+/// The writer's loop: whole frames out, a ping every `PING_EVERY`, and the
+/// close frame when asked.
+fn write(mut stream: TcpStream, frames: &Receiver<Out>, shared: &ConnShared) {
+    let mut last_ping = Instant::now();
+    loop {
+        match shared.close_code() {
+            Some(CLOSE_QUIETLY) => {
+                // The reader is done; what it queued (a close reply, say) still goes out.
+                while let Ok(out) = frames.try_recv() {
+                    if let Out::Frame(bytes) = out {
+                        let _ = stream.write_all(&bytes);
+                    }
+                }
+                break;
+            }
+            Some(code) => {
+                let _ = stream.write_all(&close_frame(code));
+                break;
+            }
+            None => {}
+        }
+        let wait = PING_EVERY.saturating_sub(last_ping.elapsed());
+        let written = match frames.recv_timeout(wait) {
+            Ok(Out::Frame(bytes)) => stream.write_all(&bytes),
+            Ok(Out::Wake) => Ok(()),
+            Err(RecvTimeoutError::Timeout) => {
+                last_ping = Instant::now();
+                stream.write_all(&control_frame(Frame::ping(Vec::new())))
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if written.is_err() {
+            break;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn close_frame(code: u16) -> Vec<u8> {
+    let reason = match code {
+        hub::CLOSE_LAGGING => "lagging",
+        hub::CLOSE_LOGGED_OUT => "logged out",
+        hub::CLOSE_GOING_AWAY => "server shutting down",
+        _ => "",
+    };
+    control_frame(Frame::close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })))
+}
+
+fn control_frame(frame: Frame) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(64);
+    frame.format(&mut bytes).expect("writing to a Vec cannot fail");
+    bytes
+}
+
+/// The reader's side of the socket: reads from the stream; writes (the
+/// handshake's reply, then tungstenite's automatic pongs and close replies)
+/// go to the stream until the writer's queue exists, then to the queue.
+struct ReadSide {
+    stream: TcpStream,
+    replies: Option<Sender<Out>>,
+}
+
+impl Read for ReadSide {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for ReadSide {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.replies {
+            None => self.stream.write(buf),
+            Some(queue) => {
+                // A full queue means the connection is being closed as lagging; the reply can go.
+                let _ = queue.try_send(Out::Frame(buf.to_vec().into()));
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &self.replies {
+            None => self.stream.flush(),
+            Some(_) => Ok(()),
+        }
+    }
+}
