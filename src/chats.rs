@@ -100,7 +100,9 @@ pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
     let is_group = body.bool("is_group")?;
     let title = body.opt_str("title")?;
     let mut member_ids = Vec::new();
-    for id in body.opt_array("member_ids")?.map_or(&[][..], Vec::as_slice) {
+    let listed =
+        body.opt_array("member_ids")?.ok_or_else(|| ApiError::invalid("member_ids", "member_ids is required"))?;
+    for id in listed {
         member_ids.push(id.as_i64().ok_or_else(|| ApiError::invalid("member_ids", "member_ids must hold user ids"))?);
     }
     if member_ids.len() > MAX_MEMBERS * 2 {

@@ -64,7 +64,11 @@ pub fn kind(stored: &str) -> Option<&'static str> {
 /// Handlers call it after their transaction commits, never inside it.
 pub fn publish(app: &App, events: &[Event]) {
     for event in events {
-        app.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq });
+        let added = match &event.payload {
+            Payload::Member(member) if event.kind == "member.added" => Some(member.id),
+            _ => None,
+        };
+        app.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq, added });
         app.hub.event(event.clone());
     }
 }

@@ -9,7 +9,7 @@
 //! covers a process that died between its commit and its notification).
 //!
 //! A connection registers before its `ready` snapshot is read and is
-//! "pending" until it subscribes with that snapshot; the events delivered
+//! "pending" until it subscribes with that snapshot; the events received
 //! meanwhile are kept and replayed past the snapshot's seqs, so nothing falls
 //! between the snapshot and the subscription.
 //!
@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::events::{Event, Payload};
 use crate::jobs::Jobs;
+use crate::notify::{Notifier, Signal};
 use crate::router::ChatId;
 use crate::store;
 
@@ -95,11 +96,11 @@ pub struct Registration {
 
 enum Msg {
     Event(Arc<Event>),
-    RemoteEvent { chat_id: i64, seq: i64 },
+    RemoteEvent { chat_id: i64, seq: i64, added: Option<i64> },
     Fetched { chat_id: i64, events: Option<Vec<Event>> },
     Live(Live),
     Presence { user_id: i64, online: bool, chat_ids: Vec<i64> },
-    Register(Registration),
+    Register(Registration, Sender<()>),
     Subscribe { conn: ConnId, chats: Vec<(i64, i64)> },
     Unregister(ConnId),
     Typing { conn: ConnId, chat_id: i64 },
@@ -120,14 +121,16 @@ pub type PresenceChange = (i64, bool);
 
 impl Hub {
     /// Starts the hub thread. `presence` hears of first-open and last-close.
-    pub fn start(jobs: Jobs, presence: Sender<PresenceChange>) -> Result<Hub, String> {
+    pub fn start(jobs: Jobs, notifier: Notifier, presence: Sender<PresenceChange>) -> Result<Hub, String> {
         let (inbox, messages) = unbounded();
         let hub = Hub { inbox };
         let state = State {
             hub: hub.clone(),
             jobs,
+            notifier,
             presence,
             conns: HashMap::new(),
+            n_pending: 0,
             users: HashMap::new(),
             chats: HashMap::new(),
         };
@@ -148,8 +151,9 @@ impl Hub {
     }
 
     /// Another process committed `(chat_id, seq)`; the hub reads it from the table.
-    pub fn remote_event(&self, chat_id: i64, seq: i64) {
-        self.send(Msg::RemoteEvent { chat_id, seq });
+    /// `added`: the user a `member.added` event adds, if it is one.
+    pub fn remote_event(&self, chat_id: i64, seq: i64, added: Option<i64>) {
+        self.send(Msg::RemoteEvent { chat_id, seq, added });
     }
 
     pub fn live(&self, live: Live) {
@@ -161,8 +165,13 @@ impl Hub {
         self.send(Msg::Presence { user_id, online, chat_ids });
     }
 
-    pub fn register(&self, registration: Registration) {
-        self.send(Msg::Register(registration));
+    /// Registers a connection and waits until the hub has it, so that every
+    /// event the hub handles from then on reaches it; `false` if the hub does
+    /// not answer in time.
+    pub fn register(&self, registration: Registration) -> bool {
+        let (done, registered) = crossbeam_channel::bounded(1);
+        self.send(Msg::Register(registration, done));
+        registered.recv_timeout(Duration::from_secs(5)).is_ok()
     }
 
     /// Ends a connection's pending state with its `ready` snapshot: `(chat_id, last_seq)`.
@@ -201,7 +210,8 @@ struct Conn {
     protocol: Protocol,
     queue: Sender<Out>,
     shared: Arc<ConnShared>,
-    /// Events delivered while the connection waited for its snapshot.
+    /// Every event the hub received while the connection waited for its
+    /// snapshot, in arrival order (before ordering, so none is missed).
     pending: Option<Vec<Arc<Event>>>,
 }
 
@@ -222,8 +232,12 @@ struct ChatState {
 struct State {
     hub: Hub,
     jobs: Jobs,
+    /// Typing frames, checked here, go on to other processes from here.
+    notifier: Notifier,
     presence: Sender<PresenceChange>,
     conns: HashMap<ConnId, Conn>,
+    /// How many connections are waiting for their snapshot.
+    n_pending: usize,
     /// For each user with a subscribed connection: its connections and chats.
     users: HashMap<i64, (Vec<ConnId>, HashSet<i64>)>,
     chats: HashMap<i64, ChatState>,
@@ -250,11 +264,14 @@ impl State {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Event(event) => self.accept(event),
-            Msg::RemoteEvent { chat_id, seq } => self.announced(chat_id, seq),
+            Msg::RemoteEvent { chat_id, seq, added } => self.announced(chat_id, seq, added),
             Msg::Fetched { chat_id, events } => self.fetched(chat_id, events),
             Msg::Live(live) => self.live(live),
             Msg::Presence { user_id, online, chat_ids } => self.presence(user_id, online, &chat_ids),
-            Msg::Register(registration) => self.register(registration),
+            Msg::Register(registration, done) => {
+                self.register(registration);
+                let _ = done.send(());
+            }
             Msg::Subscribe { conn, chats } => self.subscribe(conn, chats),
             Msg::Unregister(conn) => self.unregister(conn),
             Msg::Typing { conn, chat_id } => self.typing(conn, chat_id),
@@ -271,13 +288,38 @@ impl State {
     }
 
     /// Whether anyone here could want this chat's events: a member with a
-    /// subscribed connection, or a connection still waiting for its snapshot.
-    fn wanted(&self, chat_id: i64) -> bool {
-        self.chats.contains_key(&chat_id) || self.conns.values().any(|c| c.pending.is_some())
+    /// subscribed connection, a connected user the event adds, or a
+    /// connection still waiting for its snapshot.
+    fn wanted(&self, chat_id: i64, added: Option<i64>) -> bool {
+        self.chats.contains_key(&chat_id) || added.is_some_and(|u| self.users.contains_key(&u)) || self.n_pending > 0
+    }
+
+    /// Keeps received events for the connections waiting for their snapshot.
+    fn remember_pending(&mut self, events: &[Arc<Event>]) {
+        if self.n_pending == 0 {
+            return;
+        }
+        let mut overflowing = Vec::new();
+        for (conn_id, conn) in self.conns.iter_mut() {
+            if let Some(pending) = &mut conn.pending {
+                pending.extend(events.iter().cloned());
+                if pending.len() > MAX_PENDING {
+                    overflowing.push(*conn_id);
+                }
+            }
+        }
+        for conn_id in overflowing {
+            self.close(conn_id, CLOSE_LAGGING);
+        }
     }
 
     fn accept(&mut self, event: Arc<Event>) {
-        if !self.wanted(event.chat_id) {
+        self.remember_pending(std::slice::from_ref(&event));
+        let added = match &event.payload {
+            Payload::Member(member) if event.kind == "member.added" => Some(member.id),
+            _ => None,
+        };
+        if !self.wanted(event.chat_id, added) {
             return;
         }
         let chat =
@@ -288,8 +330,8 @@ impl State {
         self.drain(event.chat_id);
     }
 
-    fn announced(&mut self, chat_id: i64, seq: i64) {
-        if !self.wanted(chat_id) {
+    fn announced(&mut self, chat_id: i64, seq: i64, added: Option<i64>) {
+        if !self.wanted(chat_id, added) {
             return;
         }
         let chat = self.chats.entry(chat_id).or_insert_with(|| ChatState { next: seq, ..ChatState::default() });
@@ -300,13 +342,17 @@ impl State {
     }
 
     fn fetched(&mut self, chat_id: i64, events: Option<Vec<Event>>) {
+        let events: Option<Vec<Arc<Event>>> = events.map(|events| events.into_iter().map(Arc::new).collect());
+        if let Some(events) = &events {
+            self.remember_pending(events);
+        }
         let Some(chat) = self.chats.get_mut(&chat_id) else { return };
         chat.fetching = false;
         match events {
             Some(events) => {
                 for event in events {
                     if event.seq >= chat.next {
-                        chat.held.insert(event.seq, Arc::new(event));
+                        chat.held.insert(event.seq, event);
                     }
                 }
                 self.drain(chat_id);
@@ -337,7 +383,7 @@ impl State {
 
     fn forget_if_unwanted(&mut self, chat_id: i64) {
         let idle = self.chats.get(&chat_id).is_some_and(|c| c.users.is_empty() && c.deadline.is_none() && !c.fetching);
-        if idle && !self.conns.values().any(|c| c.pending.is_some()) {
+        if idle && self.n_pending == 0 {
             self.chats.remove(&chat_id);
         }
     }
@@ -387,36 +433,16 @@ impl State {
         if let Some(("member.added", user_id)) = member_change {
             self.join(user_id, event.chat_id);
         }
-        let frame = text_frame(&json!({ "type": "event", "event": &*event }).to_string());
-        let seed_frame = match &event.payload {
-            Payload::Message(message) if event.kind == "message.created" => {
-                Some(text_frame(&json!({ "content": message.content, "chat_id": message.chat_id }).to_string()))
-            }
-            _ => None,
-        };
+        let encoded = Encoded::new(&event);
         let mut overflowing = Vec::new();
-        for (conn_id, conn) in self.conns.iter_mut() {
-            if let Some(pending) = &mut conn.pending {
-                pending.push(event.clone());
-                if pending.len() > MAX_PENDING {
-                    overflowing.push(*conn_id);
-                }
-            }
-        }
         let users: Vec<i64> =
             self.chats.get(&event.chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
         for user_id in users {
-            let conn_ids = self.users.get(&user_id).map(|(conns, _)| conns.clone()).unwrap_or_default();
-            for conn_id in conn_ids {
-                let Some(conn) = self.conns.get(&conn_id) else { continue };
-                let bytes = match conn.protocol {
-                    Protocol::Current => Some(&frame),
-                    Protocol::Seed(chat) if chat.0 == event.chat_id => seed_frame.as_ref(),
-                    Protocol::Seed(_) => None,
-                };
-                if let Some(bytes) = bytes {
-                    if !offer(conn, bytes) {
-                        overflowing.push(conn_id);
+            for conn_id in self.users.get(&user_id).map(|(conns, _)| conns.as_slice()).unwrap_or_default() {
+                let Some(conn) = self.conns.get(conn_id) else { continue };
+                if let Some(frame) = encoded.for_protocol(conn.protocol) {
+                    if !offer(conn, frame) {
+                        overflowing.push(*conn_id);
                     }
                 }
             }
@@ -498,73 +524,95 @@ impl State {
             pending: Some(Vec::new()),
         };
         self.conns.insert(registration.conn, conn);
+        self.n_pending += 1;
     }
 
-    /// Ends the pending state: replays what was delivered since registration
-    /// past the snapshot, then routes the user's chats to the connection.
+    /// Ends the pending state. For each of the user's chats (the snapshot's,
+    /// and any it joined meanwhile), the events past the snapshot's seq that
+    /// arrived while pending go to the connection in seq order; later ones
+    /// reach it through normal delivery.
     fn subscribe(&mut self, conn_id: ConnId, snapshot: Vec<(i64, i64)>) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
-        let pending = conn.pending.take().unwrap_or_default();
-        let user_id = conn.user_id;
-        let mut chats: HashMap<i64, i64> = snapshot.iter().copied().collect();
-        let mut replay = Vec::new();
-        for event in pending {
-            let member = match &event.payload {
-                Payload::Member(member) if member.id == user_id => Some(event.kind),
-                _ => None,
-            };
-            if member == Some("member.added") {
-                chats.entry(event.chat_id).or_insert(event.seq - 1);
-            }
-            if chats.get(&event.chat_id).is_some_and(|last_seq| event.seq > *last_seq) {
-                replay.push(event.clone());
-            }
-            if member == Some("member.removed") {
-                chats.remove(&event.chat_id);
+        let Some(mut pending) = conn.pending.take() else { return };
+        self.n_pending -= 1;
+        let (user_id, protocol) = (conn.user_id, conn.protocol);
+        pending.sort_by_key(|event| (event.chat_id, event.seq));
+        pending.dedup_by_key(|event| (event.chat_id, event.seq));
+
+        // Each chat's seq already covered by the snapshot, and where membership ended.
+        let mut covered: HashMap<i64, i64> = snapshot.into_iter().collect();
+        let mut left: HashMap<i64, i64> = HashMap::new();
+        for event in &pending {
+            match &event.payload {
+                Payload::Member(member) if member.id == user_id && event.kind == "member.added" => {
+                    covered.entry(event.chat_id).or_insert(event.seq - 1);
+                    left.remove(&event.chat_id);
+                }
+                Payload::Member(member) if member.id == user_id && event.kind == "member.removed" => {
+                    left.insert(event.chat_id, event.seq);
+                }
+                _ => {}
             }
         }
+
         let first = !self.users.contains_key(&user_id);
-        let entry = self.users.entry(user_id).or_insert_with(|| (Vec::new(), chats.keys().copied().collect()));
+        let joined: HashSet<i64> = covered.keys().filter(|chat_id| !left.contains_key(chat_id)).copied().collect();
+        let entry = self.users.entry(user_id).or_insert_with(|| (Vec::new(), joined.clone()));
         entry.0.push(conn_id);
-        let user_chats: Vec<i64> = entry.1.iter().copied().collect();
-        for (chat_id, last_seq) in &snapshot {
-            let chat =
-                self.chats.entry(*chat_id).or_insert_with(|| ChatState { next: last_seq + 1, ..ChatState::default() });
-            if user_chats.contains(chat_id) {
-                chat.users.insert(user_id);
+
+        let mut replay: Vec<Arc<Event>> = Vec::new();
+        let mut restarted = Vec::new();
+        for (chat_id, seq) in &covered {
+            let events = pending.iter().filter(|e| e.chat_id == *chat_id && e.seq > *seq);
+            let until = left.get(chat_id).copied().unwrap_or(i64::MAX);
+            match self.chats.get_mut(chat_id) {
+                // Someone here is subscribed: the chat's order is settled up to `next`.
+                Some(chat) if !chat.users.is_empty() => {
+                    replay.extend(events.filter(|e| e.seq < chat.next && e.seq <= until).cloned());
+                }
+                // Nobody is: order this chat from the snapshot on.
+                _ if !left.contains_key(chat_id) => {
+                    let chat = self.chats.entry(*chat_id).or_default();
+                    chat.next = seq + 1;
+                    chat.held.retain(|held_seq, _| *held_seq > *seq);
+                    for event in events {
+                        chat.held.insert(event.seq, event.clone());
+                    }
+                    restarted.push(*chat_id);
+                }
+                _ => replay.extend(events.filter(|e| e.seq <= until).cloned()),
             }
         }
-        for chat_id in &user_chats {
+        for chat_id in &joined {
             self.chats.entry(*chat_id).or_default().users.insert(user_id);
         }
         if let Some(conn) = self.conns.get(&conn_id) {
-            for event in replay {
-                let frame = match conn.protocol {
-                    Protocol::Current => text_frame(&json!({ "type": "event", "event": &*event }).to_string()),
-                    Protocol::Seed(chat) => match &event.payload {
-                        Payload::Message(message) if chat.0 == event.chat_id && event.kind == "message.created" => {
-                            text_frame(&json!({ "content": message.content, "chat_id": message.chat_id }).to_string())
-                        }
-                        _ => continue,
-                    },
-                };
-                if !offer(conn, &frame) {
-                    self.close(conn_id, CLOSE_LAGGING);
-                    break;
+            for event in &replay {
+                if let Some(frame) = Encoded::new(event).for_protocol(protocol) {
+                    if !offer(conn, frame) {
+                        self.close(conn_id, CLOSE_LAGGING);
+                        break;
+                    }
                 }
             }
+        }
+        for chat_id in restarted {
+            self.drain(chat_id);
         }
         if first {
             let _ = self.presence.send((user_id, true));
         }
-        let stale: Vec<i64> = self.chats.keys().copied().collect();
-        for chat_id in stale {
+        let all: Vec<i64> = self.chats.keys().copied().collect();
+        for chat_id in all {
             self.forget_if_unwanted(chat_id);
         }
     }
 
     fn unregister(&mut self, conn_id: ConnId) {
         let Some(conn) = self.conns.remove(&conn_id) else { return };
+        if conn.pending.is_some() {
+            self.n_pending -= 1;
+        }
         let Some((conns, chats)) = self.users.get_mut(&conn.user_id) else { return };
         conns.retain(|c| *c != conn_id);
         if !conns.is_empty() {
@@ -592,6 +640,7 @@ impl State {
             }
             return;
         }
+        self.notifier.signal(Signal::Typing { chat_id, user_id });
         self.live(Live::Typing { chat_id, user_id });
     }
 
@@ -607,6 +656,36 @@ impl State {
         let all: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn_id in all {
             self.close(conn_id, code);
+        }
+    }
+}
+
+/// An event's frames, encoded once for every recipient.
+struct Encoded {
+    current: Arc<[u8]>,
+    /// The seed's `{"content", "chat_id"}`, for a new message only.
+    seed: Option<(i64, Arc<[u8]>)>,
+}
+
+impl Encoded {
+    fn new(event: &Event) -> Encoded {
+        let current = text_frame(&json!({ "type": "event", "event": event }).to_string());
+        let seed = match &event.payload {
+            Payload::Message(message) if event.kind == "message.created" => {
+                let frame = json!({ "content": message.content, "chat_id": message.chat_id });
+                Some((message.chat_id, text_frame(&frame.to_string())))
+            }
+            _ => None,
+        };
+        Encoded { current, seed }
+    }
+
+    /// The frame a connection of this protocol gets, if any.
+    fn for_protocol(&self, protocol: Protocol) -> Option<&Arc<[u8]>> {
+        match (protocol, &self.seed) {
+            (Protocol::Current, _) => Some(&self.current),
+            (Protocol::Seed(chat), Some((chat_id, frame))) if chat.0 == *chat_id => Some(frame),
+            (Protocol::Seed(_), _) => None,
         }
     }
 }

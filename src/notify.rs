@@ -13,7 +13,7 @@
 //! closes every WebSocket with 4008 and clients catch up from `/events`.
 //!
 //! A payload is the sender's process id on the first line, then one signal a line:
-//! `e <chat> <seq>`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`, `s <session>`.
+//! `e <chat> <seq> [<added user>]`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`, `s <session>`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,17 +34,36 @@ const QUEUE: usize = 65_536;
 /// Something other processes must hear of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signal {
-    Event { chat_id: i64, seq: i64 },
-    Typing { chat_id: i64, user_id: i64 },
-    Read { chat_id: i64, user_id: i64, seq: i64 },
-    Presence { user_id: i64, online: bool },
-    SessionEnded { session_id: i64 },
+    /// `added` names the user a `member.added` event adds: a process where
+    /// that user is connected must start following the chat.
+    Event {
+        chat_id: i64,
+        seq: i64,
+        added: Option<i64>,
+    },
+    Typing {
+        chat_id: i64,
+        user_id: i64,
+    },
+    Read {
+        chat_id: i64,
+        user_id: i64,
+        seq: i64,
+    },
+    Presence {
+        user_id: i64,
+        online: bool,
+    },
+    SessionEnded {
+        session_id: i64,
+    },
 }
 
 impl Signal {
     fn encode(&self) -> String {
         match self {
-            Signal::Event { chat_id, seq } => format!("e {chat_id} {seq}"),
+            Signal::Event { chat_id, seq, added: None } => format!("e {chat_id} {seq}"),
+            Signal::Event { chat_id, seq, added: Some(user_id) } => format!("e {chat_id} {seq} {user_id}"),
             Signal::Typing { chat_id, user_id } => format!("t {chat_id} {user_id}"),
             Signal::Read { chat_id, user_id, seq } => format!("r {chat_id} {user_id} {seq}"),
             Signal::Presence { user_id, online } => format!("p {user_id} {}", u8::from(*online)),
@@ -56,7 +75,8 @@ impl Signal {
         let parts: Vec<&str> = line.split(' ').collect();
         let n = |idx: usize| parts.get(idx).and_then(|p| p.parse::<i64>().ok());
         Some(match (parts.first().copied(), parts.len()) {
-            (Some("e"), 3) => Signal::Event { chat_id: n(1)?, seq: n(2)? },
+            (Some("e"), 3) => Signal::Event { chat_id: n(1)?, seq: n(2)?, added: None },
+            (Some("e"), 4) => Signal::Event { chat_id: n(1)?, seq: n(2)?, added: Some(n(3)?) },
             (Some("t"), 3) => Signal::Typing { chat_id: n(1)?, user_id: n(2)? },
             (Some("r"), 4) => Signal::Read { chat_id: n(1)?, user_id: n(2)?, seq: n(3)? },
             (Some("p"), 3) => Signal::Presence { user_id: n(1)?, online: n(2)? == 1 },
@@ -175,7 +195,7 @@ fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> bool {
         }
         for signal in signals {
             match signal {
-                Signal::Event { chat_id, seq } => hub.remote_event(chat_id, seq),
+                Signal::Event { chat_id, seq, added } => hub.remote_event(chat_id, seq, added),
                 Signal::Typing { chat_id, user_id } => hub.live(Live::Typing { chat_id, user_id }),
                 Signal::Read { chat_id, user_id, seq } => hub.live(Live::Read { chat_id, user_id, seq }),
                 Signal::Presence { user_id, online } => match store::list_chat_ids(&mut sql, user_id) {
@@ -196,7 +216,8 @@ mod tests {
     #[test]
     fn signals_survive_a_round_trip() {
         let signals = [
-            Signal::Event { chat_id: 1, seq: 2 },
+            Signal::Event { chat_id: 1, seq: 2, added: None },
+            Signal::Event { chat_id: 1, seq: 3, added: Some(4) },
             Signal::Typing { chat_id: 3, user_id: 4 },
             Signal::Read { chat_id: 5, user_id: 6, seq: 7 },
             Signal::Presence { user_id: 8, online: true },
@@ -210,7 +231,7 @@ mod tests {
     #[test]
     fn malformed_lines_are_skipped() {
         let (origin, signals) = decode_payload("7\nx 1\ne 1\ne 1 2\ne a b\n").unwrap();
-        assert_eq!((origin, signals), (7, vec![Signal::Event { chat_id: 1, seq: 2 }]));
+        assert_eq!((origin, signals), (7, vec![Signal::Event { chat_id: 1, seq: 2, added: None }]));
         assert_eq!(decode_payload("not a number\ne 1 2"), None);
     }
 }

@@ -150,7 +150,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let jobs = Jobs::start(&config.database_url, (config.workers / 2).max(2))?;
     let notifier = Notifier::start(&config.database_url, process_id)?;
     let (presence_changes, presence_inbox) = crossbeam_channel::unbounded();
-    let hub = Hub::start(jobs.clone(), presence_changes)?;
+    let hub = Hub::start(jobs.clone(), notifier.clone(), presence_changes)?;
     presence::start(&config.database_url, process_id, notifier.clone(), hub.clone(), presence_inbox)?;
     let app = Arc::new(App {
         login_failures: FailureLimiter::new(config.rate_limits),

@@ -127,15 +127,14 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
     }
     let conn = app.next_conn.fetch_add(1, Ordering::SeqCst);
     let user_id = session.user.id;
-    app.hub.register(Registration {
-        conn,
-        user_id,
-        session_id: session.id,
-        protocol,
-        queue: queue.clone(),
-        shared: shared.clone(),
-    });
-    match app.jobs.run(move |db| store::list_chat_seqs(&mut db.sql()?, user_id)) {
+    let registration =
+        Registration { conn, user_id, session_id: session.id, protocol, queue: queue.clone(), shared: shared.clone() };
+    let registered = app.hub.register(registration);
+    let snapshot = match registered {
+        true => app.jobs.run(move |db| store::list_chat_seqs(&mut db.sql()?, user_id)),
+        false => Err(ApiError::Unavailable),
+    };
+    match snapshot {
         Ok(chats) => {
             if protocol == Protocol::Current {
                 let listed: Vec<_> = chats
