@@ -13,9 +13,12 @@ CREATE TABLE server_processes (
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
 
--- A row while a user has at least one WebSocket open on a process.
+-- One row per open WebSocket: a user is online while a row of a live process names it.
 CREATE TABLE presence (
-    user_id    bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     process_id bigint NOT NULL REFERENCES server_processes (id) ON DELETE CASCADE,
-    PRIMARY KEY (user_id, process_id)
+    conn_id    bigint NOT NULL,
+    user_id    bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    PRIMARY KEY (process_id, conn_id)
 );
+
+CREATE INDEX presence_user_id_idx ON presence (user_id);

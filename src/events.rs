@@ -59,16 +59,23 @@ pub fn kind(stored: &str) -> Option<&'static str> {
     KINDS.iter().copied().find(|kind| *kind == stored)
 }
 
+impl Event {
+    /// The user this event makes a member: the added member, or a new chat's creator.
+    pub fn joins(&self) -> Option<i64> {
+        match (&self.payload, self.kind) {
+            (Payload::Member(member), "member.added") => Some(member.id),
+            (Payload::Chat(_), "chat.created") => Some(self.actor_id),
+            _ => None,
+        }
+    }
+}
+
 /// Hands committed events to real-time delivery: to this process's hub at
 /// once, and to other processes as `(chat_id, seq)` through the notifier.
 /// Handlers call it after their transaction commits, never inside it.
 pub fn publish(app: &App, events: &[Event]) {
     for event in events {
-        let added = match &event.payload {
-            Payload::Member(member) if event.kind == "member.added" => Some(member.id),
-            _ => None,
-        };
-        app.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq, added });
+        app.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq, added: event.joins() });
         app.hub.event(event.clone());
     }
 }

@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::json;
 
+use crate::error::ApiError;
 use crate::events::{Event, Payload};
 use crate::jobs::Jobs;
 use crate::notify::{Notifier, Signal};
@@ -40,6 +41,7 @@ const MAX_PENDING: usize = 10_000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_LAGGING: u16 = 4008;
 pub const CLOSE_LOGGED_OUT: u16 = 4001;
+pub const CLOSE_IDLE: u16 = 4000;
 
 pub type ConnId = u64;
 
@@ -48,6 +50,35 @@ pub enum Out {
     Frame(Arc<[u8]>),
     /// Nothing to write; look at the connection's close flag.
     Wake,
+}
+
+/// A connection's frames waiting for its writer, at most `limit` of them.
+///
+/// The channel underneath is unbounded and the limit is checked here:
+/// crossbeam's bounded channel allocates every slot up front, which at the
+/// default `WS_QUEUE` would cost an idle connection 32 KiB.
+#[derive(Clone)]
+pub struct Queue {
+    sender: Sender<Out>,
+    limit: usize,
+}
+
+impl Queue {
+    pub fn new(limit: usize) -> (Queue, Receiver<Out>) {
+        let (sender, receiver) = unbounded();
+        (Queue { sender, limit }, receiver)
+    }
+
+    /// Queues a frame unless `limit` frames wait already; `false` means the
+    /// connection is lagging.
+    pub fn offer(&self, frame: Arc<[u8]>) -> bool {
+        self.sender.len() < self.limit && self.sender.send(Out::Frame(frame)).is_ok()
+    }
+
+    /// Makes the writer look at its connection's close flag.
+    pub fn wake(&self) {
+        let _ = self.sender.send(Out::Wake);
+    }
 }
 
 /// What the hub and a connection's threads share about it.
@@ -90,7 +121,7 @@ pub struct Registration {
     pub user_id: i64,
     pub session_id: i64,
     pub protocol: Protocol,
-    pub queue: Sender<Out>,
+    pub queue: Queue,
     pub shared: Arc<ConnShared>,
 }
 
@@ -115,20 +146,15 @@ pub struct Hub {
     inbox: Sender<Msg>,
 }
 
-/// What the hub tells the presence thread: a user's first connection on this
-/// process opened, or its last one closed.
-pub type PresenceChange = (i64, bool);
-
 impl Hub {
-    /// Starts the hub thread. `presence` hears of first-open and last-close.
-    pub fn start(jobs: Jobs, notifier: Notifier, presence: Sender<PresenceChange>) -> Result<Hub, String> {
+    /// Starts the hub thread.
+    pub fn start(jobs: Jobs, notifier: Notifier) -> Result<Hub, String> {
         let (inbox, messages) = unbounded();
         let hub = Hub { inbox };
         let state = State {
             hub: hub.clone(),
             jobs,
             notifier,
-            presence,
             conns: HashMap::new(),
             n_pending: 0,
             users: HashMap::new(),
@@ -208,7 +234,7 @@ struct Conn {
     user_id: i64,
     session_id: i64,
     protocol: Protocol,
-    queue: Sender<Out>,
+    queue: Queue,
     shared: Arc<ConnShared>,
     /// Every event the hub received while the connection waited for its
     /// snapshot, in arrival order (before ordering, so none is missed).
@@ -234,7 +260,6 @@ struct State {
     jobs: Jobs,
     /// Typing frames, checked here, go on to other processes from here.
     notifier: Notifier,
-    presence: Sender<PresenceChange>,
     conns: HashMap<ConnId, Conn>,
     /// How many connections are waiting for their snapshot.
     n_pending: usize,
@@ -315,11 +340,7 @@ impl State {
 
     fn accept(&mut self, event: Arc<Event>) {
         self.remember_pending(std::slice::from_ref(&event));
-        let added = match &event.payload {
-            Payload::Member(member) if event.kind == "member.added" => Some(member.id),
-            _ => None,
-        };
-        if !self.wanted(event.chat_id, added) {
+        if !self.wanted(event.chat_id, event.joins()) {
             return;
         }
         let chat =
@@ -426,11 +447,7 @@ impl State {
 
     /// Sends one in-order event to every connection that should have it.
     fn deliver(&mut self, event: Arc<Event>) {
-        let member_change = match &event.payload {
-            Payload::Member(member) => Some((event.kind, member.id)),
-            _ => None,
-        };
-        if let Some(("member.added", user_id)) = member_change {
+        if let Some(user_id) = event.joins() {
             self.join(user_id, event.chat_id);
         }
         let encoded = Encoded::new(&event);
@@ -447,8 +464,8 @@ impl State {
                 }
             }
         }
-        if let Some(("member.removed", user_id)) = member_change {
-            self.leave(user_id, event.chat_id);
+        if let (Payload::Member(member), "member.removed") = (&event.payload, event.kind) {
+            self.leave(member.id, event.chat_id);
         }
         for conn_id in overflowing {
             self.close(conn_id, CLOSE_LAGGING);
@@ -543,19 +560,15 @@ impl State {
         let mut covered: HashMap<i64, i64> = snapshot.into_iter().collect();
         let mut left: HashMap<i64, i64> = HashMap::new();
         for event in &pending {
-            match &event.payload {
-                Payload::Member(member) if member.id == user_id && event.kind == "member.added" => {
-                    covered.entry(event.chat_id).or_insert(event.seq - 1);
-                    left.remove(&event.chat_id);
-                }
-                Payload::Member(member) if member.id == user_id && event.kind == "member.removed" => {
-                    left.insert(event.chat_id, event.seq);
-                }
-                _ => {}
+            if event.joins() == Some(user_id) {
+                covered.entry(event.chat_id).or_insert(event.seq - 1);
+                left.remove(&event.chat_id);
+            }
+            if matches!((&event.payload, event.kind), (Payload::Member(m), "member.removed") if m.id == user_id) {
+                left.insert(event.chat_id, event.seq);
             }
         }
 
-        let first = !self.users.contains_key(&user_id);
         let joined: HashSet<i64> = covered.keys().filter(|chat_id| !left.contains_key(chat_id)).copied().collect();
         let entry = self.users.entry(user_id).or_insert_with(|| (Vec::new(), joined.clone()));
         entry.0.push(conn_id);
@@ -599,9 +612,6 @@ impl State {
         for chat_id in restarted {
             self.drain(chat_id);
         }
-        if first {
-            let _ = self.presence.send((user_id, true));
-        }
         let all: Vec<i64> = self.chats.keys().copied().collect();
         for chat_id in all {
             self.forget_if_unwanted(chat_id);
@@ -626,7 +636,6 @@ impl State {
             }
             self.forget_if_unwanted(chat_id);
         }
-        let _ = self.presence.send((conn.user_id, false));
     }
 
     fn typing(&mut self, conn_id: ConnId, chat_id: i64) {
@@ -634,8 +643,7 @@ impl State {
         let user_id = conn.user_id;
         let member = self.users.get(&user_id).is_some_and(|(_, chats)| chats.contains(&chat_id));
         if !member {
-            let error = json!({ "type": "error", "code": "not_found", "message": "no such chat" });
-            if !offer(conn, &text_frame(&error.to_string())) {
+            if !offer(conn, &text_frame(&ApiError::NotFound.to_frame(None).to_string())) {
                 self.close(conn_id, CLOSE_LAGGING);
             }
             return;
@@ -648,7 +656,7 @@ impl State {
     fn close(&mut self, conn_id: ConnId, code: u16) {
         if let Some(conn) = self.conns.get(&conn_id) {
             conn.shared.close(code);
-            let _ = conn.queue.try_send(Out::Wake);
+            conn.queue.wake();
         }
     }
 
@@ -692,8 +700,7 @@ impl Encoded {
 
 /// Queues a frame for a connection without waiting; `false` if its queue is full.
 fn offer(conn: &Conn, frame: &Arc<[u8]>) -> bool {
-    conn.shared.close_code().is_some()
-        || !matches!(conn.queue.try_send(Out::Frame(frame.clone())), Err(TrySendError::Full(_)))
+    conn.shared.close_code().is_some() || conn.queue.offer(frame.clone())
 }
 
 /// Encodes a server text frame (unmasked) once, to be shared by every recipient.

@@ -137,7 +137,6 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
     let content = parse_content(body.str("content")?)?;
     let event = ctx.db.transaction(|tx| {
         store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-        let seq = store::take_seq(tx, chat_id)?;
         let message = store::lock_message(tx, chat_id, message_id)?.ok_or(ApiError::NotFound)?;
         if message.sender_id != user_id {
             return Err(ApiError::Forbidden("only the sender can edit a message"));
@@ -145,6 +144,7 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
         if message.deleted {
             return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() });
         }
+        let seq = store::take_seq(tx, chat_id)?;
         let message = store::update_message_content(tx, message_id, content)?;
         let created_at = store::insert_message_event(tx, chat_id, seq, "message.updated", user_id, message_id)?;
         Ok(message.event("message.updated", user_id, seq, created_at))
@@ -158,7 +158,6 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
 pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
     let event = ctx.db.transaction(|tx| {
         let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-        let seq = store::take_seq(tx, chat_id)?;
         let message = store::lock_message(tx, chat_id, message_id)?.ok_or(ApiError::NotFound)?;
         if message.sender_id != user_id && role != "owner" {
             return Err(ApiError::Forbidden("only the sender or the group's owner can delete a message"));
@@ -166,6 +165,7 @@ pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: 
         if message.deleted {
             return Ok(None);
         }
+        let seq = store::take_seq(tx, chat_id)?;
         let message = store::tombstone_message(tx, message_id)?;
         let created_at = store::insert_message_event(tx, chat_id, seq, "message.deleted", user_id, message_id)?;
         Ok(Some(message.event("message.deleted", user_id, seq, created_at)))

@@ -1,119 +1,115 @@
 //! Presence across processes: a user is online while at least one of its
-//! WebSocket connections is open on any live process.
+//! WebSockets is open on a live process.
 //!
-//! One thread per process owns this: it keeps the process's heartbeat row
-//! fresh, records which users have a connection here, and, when a user's
-//! first connection here opens or its last closes and no other live process
-//! has one, announces the change to users who share a chat (through the hub
-//! here and a NOTIFY for the others). One thread, so changes for a user are
-//! applied in the order they happened. A process that dies stops beating;
-//! after `STALE` its users count as offline, and a minute later its rows go.
+//! Each open WebSocket has a row in `presence`, written before its `ready`
+//! frame and deleted when it closes, under a lock on the user's row, so the
+//! changes of one user happen one at a time whichever process makes them.
+//! The change that makes the first row announces "online" and the one that
+//! deletes the last announces "offline", to users who share a chat (through
+//! the hub here and a NOTIFY for the other processes). Each process beats in
+//! `server_processes` every few seconds; rows of a process silent for 15
+//! seconds do not count, and a minute later they are deleted.
 
-use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
 use crate::db::Db;
-use crate::hub::{Hub, PresenceChange};
-use crate::notify::{Notifier, Signal};
+use crate::error::ApiError;
+use crate::hub::ConnId;
+use crate::notify::Signal;
+use crate::server::App;
 use crate::store;
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const CLEANUP: Duration = Duration::from_secs(30);
 
-/// Starts the presence thread; `changes` carries the hub's first-open and last-close.
-pub fn start(
-    database_url: &str,
+/// This process's side of presence.
+pub struct Presence {
     process_id: i64,
-    notifier: Notifier,
-    hub: Hub,
-    changes: Receiver<PresenceChange>,
-) -> Result<(), String> {
-    let presence =
-        Presence { db: Db::new(database_url)?, process_id, notifier, online_here: HashSet::new(), synced: false };
+    /// Closed connections whose row could not be deleted (database down): retried on each heartbeat.
+    undeleted: Mutex<Vec<(ConnId, i64)>>,
+}
+
+impl Presence {
+    pub fn new(process_id: i64) -> Presence {
+        Presence { process_id, undeleted: Mutex::new(Vec::new()) }
+    }
+
+    /// Records an open connection; `true` if it is the user's only one anywhere.
+    pub fn connected(&self, db: &mut Db, conn: ConnId, user_id: i64) -> Result<bool, ApiError> {
+        let process_id = self.process_id;
+        db.transaction(|tx| {
+            store::lock_user(tx, user_id)?;
+            store::insert_presence(tx, process_id, conn as i64, user_id)?;
+            Ok(store::count_presence(tx, user_id)? == 1)
+        })
+    }
+
+    /// Forgets a closed connection and announces "offline" if it was the
+    /// user's last one anywhere.
+    pub fn disconnected(&self, app: &App, db: &mut Db, conn: ConnId, user_id: i64) {
+        let process_id = self.process_id;
+        let last = db.transaction(|tx| {
+            store::lock_user(tx, user_id)?;
+            store::delete_presence(tx, process_id, conn as i64)?;
+            match store::count_presence(tx, user_id)? {
+                0 => store::list_chat_ids(tx, user_id).map(Some),
+                _ => Ok(None),
+            }
+        });
+        match last {
+            Ok(Some(chat_ids)) => announce(app, user_id, false, chat_ids),
+            Ok(None) => {}
+            Err(_) => self.undeleted.lock().unwrap_or_else(PoisonError::into_inner).push((conn, user_id)),
+        }
+    }
+
+    /// Keeps this process alive in the table and retries failed deletions.
+    fn beat(&self, app: &App, db: &mut Db) {
+        if db.sql().and_then(|mut sql| store::beat_process(&mut sql, self.process_id)).is_err() {
+            db.disconnect();
+            return;
+        }
+        let undeleted = std::mem::take(&mut *self.undeleted.lock().unwrap_or_else(PoisonError::into_inner));
+        for (conn, user_id) in undeleted {
+            self.disconnected(app, db, conn, user_id);
+        }
+    }
+}
+
+/// Tells users who share a chat with `user_id`, on every process.
+pub fn announce(app: &App, user_id: i64, online: bool, chat_ids: Vec<i64>) {
+    app.notifier.signal(Signal::Presence { user_id, online });
+    app.hub.presence(user_id, online, chat_ids);
+}
+
+/// Starts the heartbeat thread; it ends when the server stops.
+pub fn start_heartbeat(app: Arc<App>) -> Result<(), String> {
+    let mut db = Db::new(&app.config.database_url)?;
     std::thread::Builder::new()
         .name("presence".into())
-        .spawn(move || presence.run(changes, hub))
+        .spawn(move || {
+            let mut last_cleanup = Instant::now();
+            while !app.stopping.load(Ordering::SeqCst) {
+                app.presence.beat(&app, &mut db);
+                if last_cleanup.elapsed() >= CLEANUP {
+                    last_cleanup = Instant::now();
+                    let _ = db.sql().and_then(|mut sql| store::delete_dead_processes(&mut sql));
+                }
+                std::thread::sleep(HEARTBEAT);
+            }
+        })
         .map_err(|e| format!("cannot start the presence thread: {e}"))?;
     Ok(())
 }
 
-struct Presence {
-    db: Db,
-    process_id: i64,
-    notifier: Notifier,
-    /// Users with a connection on this process: what the presence rows should say.
-    online_here: HashSet<i64>,
-    /// Whether the database has this process's rows since the last (re)connect.
-    synced: bool,
-}
-
-impl Presence {
-    fn run(mut self, changes: Receiver<PresenceChange>, hub: Hub) {
-        self.beat();
-        let mut last_cleanup = Instant::now();
-        loop {
-            match changes.recv_timeout(HEARTBEAT) {
-                Ok((user_id, online)) => self.change(user_id, online, &hub),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.beat(),
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
-            if last_cleanup.elapsed() >= CLEANUP {
-                last_cleanup = Instant::now();
-                self.beat();
-                let _ = self.db.sql().and_then(|mut sql| store::delete_dead_processes(&mut sql));
-            }
-        }
-    }
-
-    /// Refreshes the heartbeat; after a lost connection, writes every row again.
-    fn beat(&mut self) {
-        let process_id = self.process_id;
-        let online_here: Vec<i64> = self.online_here.iter().copied().collect();
-        let synced = self.synced;
-        let result = self.db.sql().and_then(|mut sql| {
-            store::beat_process(&mut sql, process_id)?;
-            if !synced {
-                for user_id in online_here {
-                    store::set_presence(&mut sql, process_id, user_id, true)?;
-                }
-            }
-            Ok(())
-        });
-        self.synced = result.is_ok();
-        if result.is_err() {
-            self.db.disconnect();
-        }
-    }
-
-    fn change(&mut self, user_id: i64, online: bool, hub: &Hub) {
-        if online {
-            self.online_here.insert(user_id);
-        } else {
-            self.online_here.remove(&user_id);
-        }
-        if !self.synced {
-            self.beat();
-        }
-        let process_id = self.process_id;
-        let result = self.db.sql().and_then(|mut sql| {
-            let elsewhere = store::set_presence(&mut sql, process_id, user_id, online)?;
-            let chat_ids = if elsewhere { Vec::new() } else { store::list_chat_ids(&mut sql, user_id)? };
-            Ok((elsewhere, chat_ids))
-        });
-        match result {
-            Ok((false, chat_ids)) => {
-                hub.presence(user_id, online, chat_ids);
-                self.notifier.signal(Signal::Presence { user_id, online });
-            }
-            Ok((true, _)) => {}
-            Err(_) => {
-                self.synced = false;
-                self.db.disconnect();
-            }
-        }
-    }
+/// Registers a process before it serves, so its first presence rows count.
+pub fn register_process(database_url: &str, process_id: i64) -> Result<(), String> {
+    let mut db = Db::new(database_url)?;
+    db.sql()
+        .and_then(|mut sql| store::beat_process(&mut sql, process_id))
+        .map_err(|_| "cannot record this process in server_processes".to_string())
 }
 
 /// Removes a process's rows, so its users go offline at once.

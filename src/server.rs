@@ -29,7 +29,7 @@ use crate::messages;
 use crate::migrate;
 use crate::notify::{self, Notifier};
 use crate::ops;
-use crate::presence;
+use crate::presence::{self, Presence};
 use crate::ratelimit::FailureLimiter;
 use crate::router::{self, Route, UserId};
 use crate::ws;
@@ -44,6 +44,7 @@ pub struct App {
     pub ws_url: String,
     /// This process among the others sharing the database (random, positive).
     pub process_id: i64,
+    pub presence: Presence,
     pub hub: Hub,
     pub notifier: Notifier,
     pub jobs: Jobs,
@@ -149,14 +150,14 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let process_id = i64::from_le_bytes(auth::random_bytes()) & i64::MAX;
     let jobs = Jobs::start(&config.database_url, (config.workers / 2).max(2))?;
     let notifier = Notifier::start(&config.database_url, process_id)?;
-    let (presence_changes, presence_inbox) = crossbeam_channel::unbounded();
-    let hub = Hub::start(jobs.clone(), notifier.clone(), presence_changes)?;
-    presence::start(&config.database_url, process_id, notifier.clone(), hub.clone(), presence_inbox)?;
+    let hub = Hub::start(jobs.clone(), notifier.clone())?;
+    presence::register_process(&config.database_url, process_id)?;
     let app = Arc::new(App {
         login_failures: FailureLimiter::new(config.rate_limits),
         decoy_password_hash: auth::hash_password("decoy password", config.password_iterations),
         ws_url: format!("ws://{ws_addr}/ws"),
         process_id,
+        presence: Presence::new(process_id),
         hub,
         notifier,
         jobs,
@@ -165,6 +166,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         config,
     });
     notify::listen(app.clone())?;
+    presence::start_heartbeat(app.clone())?;
     ws::listen(app.clone(), ws_listener)?;
     let mut workers = Vec::new();
     for idx in 0..app.config.workers {

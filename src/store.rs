@@ -452,6 +452,7 @@ pub fn insert_message(
     }
 }
 
+/// The message a sender stored with this `client_id`, if the sender is still a member.
 pub fn find_message_by_client_id(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
@@ -501,7 +502,9 @@ pub fn list_messages_after(
     Ok(rows.iter().map(|row| message_from(row, 0)).collect())
 }
 
-/// A chat's message, locked for an edit or delete.
+/// A chat's message, locked for an edit or delete. Such a transaction locks
+/// the message before the chat row (`take_seq`) and nothing locks them the
+/// other way round, so the two cannot deadlock.
 pub fn lock_message(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
@@ -605,26 +608,37 @@ pub fn delete_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Res
     Ok(())
 }
 
-/// Records or forgets a user's connections on this process; returns whether
-/// the user is connected anywhere else (another process with a fresh heartbeat).
-pub fn set_presence(
+/// Locks a user's row, so that presence changes of one user, from any
+/// process, happen one at a time.
+pub fn lock_user(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<(), ApiError> {
+    sql.execute("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE", &[&user_id])?;
+    Ok(())
+}
+
+pub fn insert_presence(
     sql: &mut Sql<impl GenericClient>,
     process_id: i64,
+    conn_id: i64,
     user_id: i64,
-    online: bool,
-) -> Result<bool, ApiError> {
-    if online {
-        sql.execute(
-            "INSERT INTO presence (user_id, process_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&user_id, &process_id],
-        )?;
-    } else {
-        sql.execute("DELETE FROM presence WHERE user_id = $1 AND process_id = $2", &[&user_id, &process_id])?;
-    }
+) -> Result<(), ApiError> {
+    sql.execute(
+        "INSERT INTO presence (process_id, conn_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[&process_id, &conn_id, &user_id],
+    )?;
+    Ok(())
+}
+
+pub fn delete_presence(sql: &mut Sql<impl GenericClient>, process_id: i64, conn_id: i64) -> Result<(), ApiError> {
+    sql.execute("DELETE FROM presence WHERE process_id = $1 AND conn_id = $2", &[&process_id, &conn_id])?;
+    Ok(())
+}
+
+/// How many WebSockets the user has open on live processes.
+pub fn count_presence(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<i64, ApiError> {
     let row = sql.query_one(
-        "SELECT EXISTS (SELECT 1 FROM presence p JOIN server_processes s ON s.id = p.process_id
-                        WHERE p.user_id = $1 AND p.process_id <> $2 AND s.heartbeat_at > now() - interval '15 seconds')",
-        &[&user_id, &process_id],
+        "SELECT count(*) FROM presence p JOIN server_processes s ON s.id = p.process_id
+         WHERE p.user_id = $1 AND s.heartbeat_at > now() - interval '15 seconds'",
+        &[&user_id],
     )?;
     Ok(row.get(0))
 }

@@ -3,7 +3,7 @@
 //!
 //! Blocking tungstenite has no read/write split, so each side gets its own
 //! handle of the `TcpStream` and exactly one thread writes: the writer, which
-//! writes whole pre-encoded frames from a bounded queue. The reader's
+//! writes whole pre-encoded frames from a bounded queue (`hub::Queue`). The reader's
 //! tungstenite `WebSocket` puts its automatic pong and close replies into that
 //! same queue instead of onto the socket, so bytes of two frames never
 //! interleave. Threads get small stacks and tungstenite small buffers, so an
@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::json;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -27,8 +27,9 @@ use crate::auth::{self, Session};
 use crate::config::LogLevel;
 use crate::error::ApiError;
 use crate::http::{self, Query};
-use crate::hub::{self, ConnShared, Out, Protocol, Registration};
+use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
 use crate::messages::{self, Sent};
+use crate::presence;
 use crate::router::ChatId;
 use crate::server::{self, App};
 use crate::store;
@@ -112,7 +113,7 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
     let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
     let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
 
-    let (queue, frames) = bounded(app.config.ws_queue);
+    let (queue, frames) = Queue::new(app.config.ws_queue);
     socket.get_mut().replies = Some(queue.clone());
     let shared = Arc::new(ConnShared::default());
     let writer = {
@@ -130,28 +131,41 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
     let registration =
         Registration { conn, user_id, session_id: session.id, protocol, queue: queue.clone(), shared: shared.clone() };
     let registered = app.hub.register(registration);
+    let job_app = app.clone();
     let snapshot = match registered {
-        true => app.jobs.run(move |db| store::list_chat_seqs(&mut db.sql()?, user_id)),
+        true => app.jobs.run(move |db| {
+            let first = job_app.presence.connected(db, conn, user_id)?;
+            Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
+        }),
         false => Err(ApiError::Unavailable),
     };
     match snapshot {
-        Ok(chats) => {
+        Ok((first, chats)) => {
             if protocol == Protocol::Current {
                 let listed: Vec<_> = chats
                     .iter()
                     .map(|(chat_id, last_seq)| json!({ "chat_id": chat_id, "last_seq": last_seq }))
                     .collect();
                 let ready = json!({ "type": "ready", "user": session.user, "chats": listed });
-                let _ = queue.try_send(Out::Frame(hub::text_frame(&ready.to_string())));
+                queue.offer(hub::text_frame(&ready.to_string()));
             }
+            let chat_ids = chats.iter().map(|(chat_id, _)| *chat_id).collect();
             app.hub.subscribe(conn, chats);
+            if first {
+                presence::announce(app, user_id, true, chat_ids);
+            }
             read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
         }
         Err(_) => shared.close(1011),
     }
     app.hub.unregister(conn);
     shared.close(CLOSE_QUIETLY);
-    let _ = queue.try_send(Out::Wake);
+    queue.wake();
+    let job_app = app.clone();
+    let _ = app.jobs.run(move |db| {
+        job_app.presence.disconnected(&job_app, db, conn, user_id);
+        Ok(())
+    });
 }
 
 /// Checks the path, origin and credential inside the handshake.
@@ -217,7 +231,7 @@ fn read(
     conn: hub::ConnId,
     user_id: i64,
     protocol: Protocol,
-    queue: &Sender<Out>,
+    queue: &Queue,
     shared: &ConnShared,
 ) {
     let mut last_heard = Instant::now();
@@ -230,7 +244,7 @@ fn read(
                     Protocol::Seed(chat_id) => answer_seed(app, user_id, chat_id, text.as_bytes()),
                 };
                 if let Some(answer) = answer {
-                    if queue.try_send(Out::Frame(hub::text_frame(&answer.to_string()))).is_err() {
+                    if !queue.offer(hub::text_frame(&answer.to_string())) {
                         shared.close(hub::CLOSE_LAGGING);
                     }
                 }
@@ -239,7 +253,7 @@ fn read(
             Ok(_) => last_heard = Instant::now(),
             Err(WsError::Io(error)) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
-                    shared.close(u16::from(CloseCode::Away));
+                    shared.close(hub::CLOSE_IDLE);
                 }
             }
             Err(WsError::Capacity(_)) => shared.close(u16::from(CloseCode::Size)),
@@ -342,6 +356,7 @@ fn close_frame(code: u16) -> Vec<u8> {
         hub::CLOSE_LAGGING => "lagging",
         hub::CLOSE_LOGGED_OUT => "logged out",
         hub::CLOSE_GOING_AWAY => "server shutting down",
+        hub::CLOSE_IDLE => "idle",
         _ => "",
     };
     control_frame(Frame::close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })))
@@ -358,7 +373,7 @@ fn control_frame(frame: Frame) -> Vec<u8> {
 /// go to the stream until the writer's queue exists, then to the queue.
 struct ReadSide {
     stream: TcpStream,
-    replies: Option<Sender<Out>>,
+    replies: Option<Queue>,
 }
 
 impl Read for ReadSide {
@@ -373,7 +388,7 @@ impl Write for ReadSide {
             None => self.stream.write(buf),
             Some(queue) => {
                 // A full queue means the connection is being closed as lagging; the reply can go.
-                let _ = queue.try_send(Out::Frame(buf.to_vec().into()));
+                queue.offer(buf.to_vec().into());
                 Ok(buf.len())
             }
         }

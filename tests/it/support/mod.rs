@@ -1,0 +1,38 @@
+//! The test harness: a database per test, a server per test, and a client
+//! that reads as user actions.
+//!
+//! `pg` owns PostgreSQL (one cluster per run, one database per test cloned
+//! from a migrated template), `app` starts servers on port 0, and `client`
+//! speaks plain HTTP/1.1 over a fresh TCP connection per request, so a
+//! `TestApp` can be shared by many threads.
+
+pub mod app;
+pub mod client;
+pub mod pg;
+pub mod ws;
+
+#[allow(unused_imports)]
+pub use app::{spawn_app, spawn_app_on, spawn_app_on_listeners, spawn_app_with, TestApp};
+#[allow(unused_imports)]
+pub use client::{assert_keys, assert_utc_timestamp, check_error, random_hex, request, Resp, TestUser};
+#[allow(unused_imports)]
+pub use pg::{fresh_database, PrivateCluster};
+
+use std::time::{Duration, Instant};
+
+/// Polls `probe` until it returns `Some`, panicking with `what` after `timeout`.
+///
+/// Tests wait for conditions with a deadline, never with a bare sleep.
+#[allow(dead_code)]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
