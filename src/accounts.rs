@@ -107,7 +107,9 @@ pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, Ap
     let verified = match &found {
         Some((_, password_hash)) => auth::verify_password(password, password_hash),
         None => {
-            auth::verify_password(password, &ctx.app.decoy_password_hash);
+            let iterations = ctx.app.config.password_iterations;
+            let decoy = ctx.app.decoy_password_hash.get_or_init(|| auth::hash_password("decoy password", iterations));
+            auth::verify_password(password, decoy);
             false
         }
     };

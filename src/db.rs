@@ -77,6 +77,17 @@ pub fn connection_config(url: &str) -> Result<postgres::Config, String> {
     Ok(config)
 }
 
+/// A database error in words for a log line or an operator: the server's
+/// message when the server sent one, else the underlying cause (the crate's
+/// own `Display` says only "db error" or "error connecting to server").
+pub fn describe(error: &postgres::Error) -> String {
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
+    }
+}
+
 /// A connection or a transaction, with the worker's statement cache.
 pub struct Sql<'a, C> {
     client: &'a mut C,

@@ -172,6 +172,6 @@ impl From<postgres::Error> for ApiError {
         if error.is_closed() || io || error.code().is_some_and(|code| transient.contains(code)) {
             return ApiError::Unavailable;
         }
-        ApiError::Internal(error.to_string())
+        ApiError::Internal(crate::db::describe(&error))
     }
 }

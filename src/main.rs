@@ -44,32 +44,49 @@ fn serve() -> Result<(), String> {
     Ok(())
 }
 
+/// What `migrate` was asked to do, checked before anything connects.
+enum MigrateCommand {
+    Up,
+    Down(usize),
+    Status,
+}
+
 fn run_migrate(args: &[&str]) -> Result<(), String> {
+    let command = match args {
+        ["up"] => MigrateCommand::Up,
+        ["down"] => MigrateCommand::Down(1),
+        ["down", n] => MigrateCommand::Down(n.parse().map_err(|_| USAGE.to_string())?),
+        ["status"] => MigrateCommand::Status,
+        _ => return Err(USAGE.to_string()),
+    };
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set".to_string())?;
     let dir = std::env::var("MIGRATIONS_DIR").unwrap_or_else(|_| "sql".into());
     let dir = Path::new(&dir);
-    let mut client =
-        db::connection_config(&url)?.connect(postgres::NoTls).map_err(|e| format!("cannot connect: {e}"))?;
-    let report = |verb: &str, stems: Vec<String>| {
+    let mut client = db::connection_config(&url)?
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", db::describe(&e)))?;
+    let report = |none: &str, done: &str, stems: Vec<String>| {
         if stems.is_empty() {
-            println!("nothing to {verb}");
+            println!("{none}");
         }
         for stem in stems {
-            println!("{verb}: {stem}");
+            println!("{done}: {stem}");
         }
     };
-    match args {
-        ["up"] => report("applied", migrate::up(&mut client, dir).map_err(|e| e.to_string())?),
-        ["down"] | ["down", _] => {
-            let n = args.get(1).map_or(Ok(1), |n| n.parse::<usize>()).map_err(|_| USAGE.to_string())?;
-            report("rolled back", migrate::down(&mut client, dir, n).map_err(|e| e.to_string())?);
+    match command {
+        MigrateCommand::Up => {
+            report("nothing to apply", "applied", migrate::up(&mut client, dir).map_err(|e| e.to_string())?)
         }
-        ["status"] => {
+        MigrateCommand::Down(n) => report(
+            "nothing to roll back",
+            "rolled back",
+            migrate::down(&mut client, dir, n).map_err(|e| e.to_string())?,
+        ),
+        MigrateCommand::Status => {
             for (stem, applied) in migrate::status(&mut client, dir).map_err(|e| e.to_string())? {
                 println!("{} {stem}", if applied { "applied" } else { "pending" });
             }
         }
-        _ => return Err(USAGE.to_string()),
     }
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use postgres::Client;
 use sha2::{Digest, Sha256};
 
+use crate::db::describe;
+
 /// Arbitrary, fixed: the advisory lock key all migrators agree on.
 const LOCK_KEY: i64 = 0x6d65_7373_6167_6521;
 
@@ -26,7 +28,7 @@ impl fmt::Display for Error {
 
 impl From<postgres::Error> for Error {
     fn from(error: postgres::Error) -> Error {
-        Error(format!("database: {error}"))
+        Error(format!("database: {}", crate::db::describe(&error)))
     }
 }
 
@@ -49,7 +51,7 @@ pub fn up(client: &mut Client, dir: &Path) -> Result<Vec<String>, Error> {
         for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
             let text = read(&migration.up)?;
             let mut tx = client.transaction()?;
-            tx.batch_execute(&text).map_err(|e| Error(format!("{}: {e}", migration.up.display())))?;
+            tx.batch_execute(&text).map_err(|e| Error(format!("{}: {}", migration.up.display(), describe(&e))))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                 &[&migration.version, &migration.stem, &checksum(&text)],
@@ -70,7 +72,7 @@ pub fn down(client: &mut Client, dir: &Path, n: usize) -> Result<Vec<String>, Er
         for migration in migrations.iter().rev().filter(|m| applied.contains(&m.version)).take(n) {
             let text = read(&migration.down)?;
             let mut tx = client.transaction()?;
-            tx.batch_execute(&text).map_err(|e| Error(format!("{}: {e}", migration.down.display())))?;
+            tx.batch_execute(&text).map_err(|e| Error(format!("{}: {}", migration.down.display(), describe(&e))))?;
             tx.execute("DELETE FROM schema_migrations WHERE version = $1", &[&migration.version])?;
             tx.commit()?;
             done.push(migration.stem.clone());
@@ -141,10 +143,11 @@ fn read_dir(dir: &Path) -> Result<Vec<Migration>, Error> {
             continue;
         }
         let Some((version, stem)) = parse_up_name(file_name) else {
-            if parse_down_name(file_name).is_none() {
-                return Err(Error(format!("{}: name must look like 0001_create_users.up.sql", path.display())));
+            match parse_down_name(file_name) {
+                Some((_, stem)) if dir.join(format!("{stem}.up.sql")).is_file() => continue,
+                Some(_) => return Err(Error(format!("{} has no up file beside it", path.display()))),
+                None => return Err(Error(format!("{}: name must look like 0001_create_users.up.sql", path.display()))),
             }
-            continue;
         };
         if let Some(twin) = migrations.iter().find(|m| m.version == version) {
             return Err(Error(format!("{} and {} share version {version}", twin.up.display(), path.display())));

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,9 @@ use crate::ws;
 pub struct App {
     pub config: Config,
     pub login_failures: FailureLimiter,
-    /// Verified against when a login is unknown, so that case costs the same.
-    pub decoy_password_hash: String,
+    /// Verified against when a login is unknown, so that case costs the same;
+    /// made on first use, so start-up does not pay for a slow hash.
+    pub decoy_password_hash: OnceLock<String>,
     /// The WebSocket endpoint, as clients should dial it.
     pub ws_url: String,
     /// This process among the others sharing the database (random, positive).
@@ -137,7 +138,7 @@ const RECV_TICK: Duration = Duration::from_millis(250);
 pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListener) -> Result<Running, String> {
     let mut client = db::connection_config(&config.database_url)?
         .connect(postgres::NoTls)
-        .map_err(|e| format!("cannot connect to DATABASE_URL: {e}"))?;
+        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", db::describe(&e)))?;
     let pending = migrate::pending(&mut client, Path::new(&config.migrations_dir)).map_err(|e| e.to_string())?;
     if !pending.is_empty() {
         return Err(format!("{} migration(s) pending ({}): run `make migrate`", pending.len(), pending.join(", ")));
@@ -154,7 +155,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     presence::register_process(&config.database_url, process_id)?;
     let app = Arc::new(App {
         login_failures: FailureLimiter::new(config.rate_limits),
-        decoy_password_hash: auth::hash_password("decoy password", config.password_iterations),
+        decoy_password_hash: OnceLock::new(),
         ws_url: format!("ws://{ws_addr}/ws"),
         process_id,
         presence: Presence::new(process_id),

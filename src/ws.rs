@@ -156,7 +156,7 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
             }
             read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
         }
-        Err(_) => shared.close(1011),
+        Err(_) => shared.close(hub::CLOSE_INTERNAL),
     }
     app.hub.unregister(conn);
     shared.close(CLOSE_QUIETLY);

@@ -1,0 +1,333 @@
+//! The compiled `messaging` binary, run as an operator would: its exit codes,
+//! its one-line-per-problem stderr, `migrate up | down | status` output, and
+//! `serve` refusing to start on pending migrations or answering `/healthz`.
+//!
+//! Each child runs in the repository root (so `MIGRATIONS_DIR` defaults to
+//! `sql`) with every configuration variable removed from its environment but
+//! those the test sets, and is killed when the test ends, pass or fail.
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::migrate::{empty_database, sql_dir, stems};
+use crate::support::{fresh_database, random_hex, request, wait_for};
+
+/// Every variable the binary reads; all are removed unless a test sets them.
+const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "HTTP_ADDR",
+    "WS_ADDR",
+    "WORKERS",
+    "SECRET_KEY",
+    "TOKEN_TTL_SECS",
+    "PASSWORD_ITERATIONS",
+    "MAX_BODY_BYTES",
+    "LOG",
+    "RATE_LIMITS",
+    "WS_ALLOWED_ORIGINS",
+    "WS_QUEUE",
+    "MIGRATIONS_DIR",
+];
+
+const SECRET_KEY: &str = "a-test-secret-key-that-is-long-enough-0123456789";
+
+/// A URL that parses but is never connected to: configuration is checked first.
+const UNUSED_DATABASE_URL: &str = "postgresql://postgres@localhost/messaging?host=/nonexistent";
+
+const USAGE_LINE: &str = "messaging: usage: messaging serve | messaging migrate up | down [N] | status";
+
+/// How long a command that should exit promptly may take.
+const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A child process that is killed and reaped when dropped, and whose
+/// stdout and stderr go to files (a pipe nobody reads could fill and block it).
+pub struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    what: String,
+}
+
+impl Running {
+    /// Starts `messaging ARGS` with only `vars` of the configuration variables set.
+    fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_messaging"));
+        command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+        for name in VARIABLES {
+            command.env_remove(name);
+        }
+        command.envs(vars.iter().copied());
+        Running::start(command, format!("messaging {}", args.join(" ")))
+    }
+
+    /// Starts `command`, described as `what` in failure messages.
+    pub fn start(mut command: Command, what: String) -> Running {
+        let base = std::env::temp_dir().join(format!("msg-it-bin-{}-{}", std::process::id(), random_hex(6)));
+        let stdout = base.with_extension("out");
+        let stderr = base.with_extension("err");
+        command.stdin(Stdio::null());
+        command.stdout(File::create(&stdout).expect("create a stdout file"));
+        command.stderr(File::create(&stderr).expect("create a stderr file"));
+        let child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+        Running { child, stdout, stderr, what }
+    }
+
+    /// Waits for the child to exit, failing after `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        let what = format!("{} to exit", self.what);
+        let status = wait_for(&what, timeout, || self.exited());
+        Output { status, stdout: self.stdout(), stderr: self.stderr() }
+    }
+
+    /// The exit status, if the child has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap_or_else(|e| panic!("{}: wait: {e}", self.what))
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.stdout);
+        let _ = fs::remove_file(&self.stderr);
+    }
+}
+
+/// What a finished command left behind.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn describe(&self) -> String {
+        format!("{}\n--- stdout\n{}--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().collect()
+    }
+}
+
+/// Runs `messaging ARGS` to completion within `EXIT_DEADLINE`.
+fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Running::spawn(args, vars).finish(EXIT_DEADLINE)
+}
+
+/// Asserts a non-zero exit and stderr free of Rust panic text.
+fn assert_failed_cleanly(output: &Output, what: &str) {
+    assert!(!output.status.success(), "{what}: expected a non-zero exit:\n{}", output.describe());
+    for panic_text in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+        assert!(!output.stderr.contains(panic_text), "{what}: stderr holds panic text:\n{}", output.describe());
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("a local address")
+}
+
+#[test]
+fn serve_without_database_url_and_secret_key_names_each_on_its_own_line() {
+    let output = run(&["serve"], &[]);
+
+    assert_failed_cleanly(&output, "serve with nothing set");
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 2, "one line per problem:\n{}", output.describe());
+    assert!(
+        lines.iter().any(|line| line.contains("DATABASE_URL")),
+        "a line names DATABASE_URL:\n{}",
+        output.describe()
+    );
+    assert!(lines.iter().any(|line| line.contains("SECRET_KEY")), "a line names SECRET_KEY:\n{}", output.describe());
+    assert!(
+        lines.iter().all(|line| line.starts_with("messaging: ")),
+        "each line says who speaks:\n{}",
+        output.describe()
+    );
+    assert_eq!(output.stdout, "", "nothing on stdout");
+}
+
+#[test]
+fn serve_names_each_bad_value_on_its_own_line() {
+    // (variable, bad value): each is set alone, on top of a valid configuration.
+    let cases = [("WORKERS", "zero"), ("LOG", "loud"), ("SECRET_KEY", "short"), ("DATABASE_URL", "not a url")];
+    for (name, value) in cases {
+        let mut vars = vec![("DATABASE_URL", UNUSED_DATABASE_URL), ("SECRET_KEY", SECRET_KEY)];
+        vars.retain(|(key, _)| *key != name);
+        vars.push((name, value));
+
+        let output = run(&["serve"], &vars);
+
+        let what = format!("serve with {name}={value}");
+        assert_failed_cleanly(&output, &what);
+        let lines = output.stderr_lines();
+        assert_eq!(lines.len(), 1, "{what}: one line for one problem:\n{}", output.describe());
+        assert!(lines[0].contains(name), "{what}: the line names {name}:\n{}", output.describe());
+    }
+
+    let output = run(
+        &["serve"],
+        &[("DATABASE_URL", UNUSED_DATABASE_URL), ("SECRET_KEY", SECRET_KEY), ("WORKERS", "zero"), ("LOG", "loud")],
+    );
+
+    assert_failed_cleanly(&output, "serve with WORKERS=zero and LOG=loud");
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 2, "both problems at once, one line each:\n{}", output.describe());
+    assert!(lines.iter().any(|line| line.contains("WORKERS") && line.contains("zero")), "{}", output.describe());
+    assert!(lines.iter().any(|line| line.contains("LOG") && line.contains("loud")), "{}", output.describe());
+}
+
+#[test]
+fn an_unknown_subcommand_prints_the_usage_line_and_exits_non_zero() {
+    let db_url = empty_database();
+    let cases: &[&[&str]] =
+        &[&[], &["frobnicate"], &["serve", "now"], &["migrate"], &["migrate", "sideways"], &["migrate", "down", "x"]];
+    for args in cases {
+        let what = format!("messaging {}", args.join(" "));
+
+        let output = run(args, &[("DATABASE_URL", &db_url)]);
+
+        assert_failed_cleanly(&output, &what);
+        assert_eq!(output.stderr_lines(), vec![USAGE_LINE], "{what}: the usage line:\n{}", output.describe());
+    }
+}
+
+#[test]
+fn an_unknown_migrate_subcommand_gets_the_usage_line_before_any_connection() {
+    for args in [&["migrate", "sideways"][..], &["migrate"], &["migrate", "down", "x"]] {
+        let what = format!("messaging {} with the database down", args.join(" "));
+
+        let output = run(args, &[("DATABASE_URL", UNUSED_DATABASE_URL)]);
+
+        assert_failed_cleanly(&output, &what);
+        assert_eq!(output.stderr_lines(), vec![USAGE_LINE], "{what}: the usage line:\n{}", output.describe());
+    }
+}
+
+#[test]
+fn migrate_status_up_down_and_status_again_report_each_migration_by_name() {
+    let db_url = empty_database();
+    let vars = [("DATABASE_URL", db_url.as_str())];
+    let stems = stems(&sql_dir());
+    let lines =
+        |prefix: &str, stems: &[String]| -> Vec<String> { stems.iter().map(|s| format!("{prefix}{s}")).collect() };
+
+    let before = run(&["migrate", "status"], &vars);
+    let up = run(&["migrate", "up"], &vars);
+    let after = run(&["migrate", "status"], &vars);
+    let up_again = run(&["migrate", "up"], &vars);
+
+    for (output, what) in [(&before, "status"), (&up, "up"), (&after, "status after up"), (&up_again, "up again")] {
+        assert!(output.status.success(), "migrate {what}:\n{}", output.describe());
+    }
+    assert_eq!(before.stdout_lines(), lines("pending ", &stems), "status before up:\n{}", before.describe());
+    assert_eq!(up.stdout_lines(), lines("applied: ", &stems), "up:\n{}", up.describe());
+    assert_eq!(after.stdout_lines(), lines("applied ", &stems), "status after up:\n{}", after.describe());
+    assert_eq!(
+        up_again.stdout_lines(),
+        vec!["nothing to apply"],
+        "up with nothing pending says so:\n{}",
+        up_again.describe()
+    );
+
+    let down = run(&["migrate", "down", "2"], &vars);
+    let status = run(&["migrate", "status"], &vars);
+
+    assert!(down.status.success(), "migrate down 2:\n{}", down.describe());
+    let newest_two: Vec<String> = stems.iter().rev().take(2).cloned().collect();
+    assert_eq!(down.stdout_lines(), lines("rolled back: ", &newest_two), "down 2:\n{}", down.describe());
+    let mut want = lines("applied ", &stems[..stems.len() - 2]);
+    want.extend(lines("pending ", &stems[stems.len() - 2..]));
+    assert_eq!(status.stdout_lines(), want, "status after down 2:\n{}", status.describe());
+}
+
+#[test]
+fn migrate_without_database_url_or_with_an_unreachable_database_fails_in_one_line() {
+    let unset = run(&["migrate", "status"], &[]);
+    let unreachable = run(&["migrate", "up"], &[("DATABASE_URL", UNUSED_DATABASE_URL)]);
+
+    assert_failed_cleanly(&unset, "migrate status without DATABASE_URL");
+    assert_eq!(unset.stderr_lines().len(), 1, "one line:\n{}", unset.describe());
+    assert!(unset.stderr.contains("DATABASE_URL"), "names DATABASE_URL:\n{}", unset.describe());
+    assert_failed_cleanly(&unreachable, "migrate up with an unreachable database");
+    assert_eq!(unreachable.stderr_lines().len(), 1, "one line:\n{}", unreachable.describe());
+    assert!(unreachable.stderr.contains("cannot connect"), "says it cannot connect:\n{}", unreachable.describe());
+    let reason = unreachable.stderr.split("error connecting to server").nth(1).unwrap_or("");
+    assert!(reason.trim_start_matches(':').trim().len() > 3, "and why:\n{}", unreachable.describe());
+}
+
+#[test]
+fn serve_with_pending_migrations_exits_non_zero_saying_to_run_make_migrate() {
+    let db_url = empty_database();
+
+    let output = run(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db_url),
+            ("SECRET_KEY", SECRET_KEY),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("WS_ADDR", "127.0.0.1:0"),
+            ("LOG", "off"),
+        ],
+    );
+
+    assert_failed_cleanly(&output, "serve with pending migrations");
+    assert!(output.stderr.contains("make migrate"), "stderr says to run `make migrate`:\n{}", output.describe());
+    assert!(output.stderr.contains("0001_create_users"), "stderr names what is pending:\n{}", output.describe());
+}
+
+#[test]
+fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
+    let db_url = fresh_database();
+    let (http_addr, ws_addr) = (free_addr(), free_addr());
+    let (http, ws) = (http_addr.to_string(), ws_addr.to_string());
+
+    let mut server = Running::spawn(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db_url),
+            ("SECRET_KEY", SECRET_KEY),
+            ("HTTP_ADDR", &http),
+            ("WS_ADDR", &ws),
+            ("WORKERS", "2"),
+            ("PASSWORD_ITERATIONS", "1000"),
+            ("LOG", "error"),
+        ],
+    );
+
+    wait_for("the server to accept connections on HTTP_ADDR", Duration::from_secs(10), || {
+        if let Some(status) = server.exited() {
+            panic!("serve exited early ({status}):\n{}", server.stderr());
+        }
+        TcpStream::connect(http_addr).ok()
+    });
+    let resp = request(http_addr, "GET", "/healthz", &[], b"");
+    resp.assert_status(200, "GET /healthz on the binary");
+    assert_eq!(resp.json(), json!({ "status": "ok" }), "{resp:?}");
+    TcpStream::connect(ws_addr).unwrap_or_else(|e| panic!("the WebSocket port {ws_addr} accepts connections: {e}"));
+    assert!(server.exited().is_none(), "serve keeps running:\n{}", server.stderr());
+    let announcement = format!("http://{http_addr}");
+    wait_for("serve to say where it listens", Duration::from_secs(5), || {
+        server.stderr().contains(&announcement).then_some(())
+    });
+}

@@ -1,0 +1,30 @@
+//! The integration tests: one binary, one module per area of the contract
+//! (`../shared/contract/api.md`), all sharing the harness in `support`.
+//!
+//! Every test starts its own server on port 0 against its own database, so
+//! tests run in parallel and never see each other's users.
+
+mod support;
+
+// Contract section 2 (users, sessions, search, tokens, login rate limits)
+// and the account rows of section 8 (`/user/signup`, `/user/login`, `/user/logout`).
+mod accounts;
+// Contract sections 1 and 7: healthz, readyz, 404/405, the `/ws` 426 on the
+// HTTP port, and the transport limits (Content-Type, body size, JSON).
+mod ops;
+// Contract section 3: creating groups and direct chats, listing, renaming, members.
+mod chats;
+// Contract section 4: sending, client_id retries, history cursors, edits, deletes, read markers.
+mod messages;
+// Contract section 5: the per-chat event log, its paging, and its order under concurrent writers.
+mod events;
+// Contract section 8's chat routes: `/chat/message`, `/chat/user`, `/chat/messages/{id}`.
+mod legacy;
+// Contract section 6 and the `ws` row of section 8: WebSocket auth, frames, fan-out across processes, lag and logout.
+mod realtime;
+// The migration runner as a library: order, bookkeeping, rollback, checksums, file names, races.
+mod migrate;
+// The compiled binary: exit codes, one-line errors, `migrate` output, `serve` refusing or answering.
+mod binary;
+// The README's curl walkthrough, run verbatim against a fresh server.
+mod readme;
