@@ -61,6 +61,18 @@ test:
 	  $(CARGO) test $(ARGS)
 	fi
 
+# Measure WebSocket fan-out latency and memory per idle connection, and rewrite BENCHMARKS.md.
+# The benchmark starts its own durable cluster in a temporary directory that the trap always stops.
+.PHONY: bench
+bench: build
+	# 1,000 client sockets here and as many in the server, which inherits the limit.
+	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt 8192 ]; then ulimit -n 8192; fi
+	pg_tmp=$$(mktemp -d)
+	trap 'scripts/pg.sh stop "$$pg_tmp" || true; rm -rf "$$pg_tmp"' EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM HUP
+	BENCH_PG_DIR=$$pg_tmp $(CARGO) bench --bench realtime
+
 # Format the code in place.
 fmt:
 	$(CARGO) fmt

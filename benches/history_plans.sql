@@ -1,0 +1,38 @@
+-- Query plans of history paging and catch-up on a chat of one million messages (issue 3's check).
+-- Run on a scratch database that `messaging migrate up` has prepared:
+--   psql "$DATABASE_URL" -f benches/history_plans.sql
+-- The three SELECTs below are the statements of store::list_messages_before and store::list_events,
+-- with the parameters written in.
+\set ON_ERROR_STOP on
+BEGIN;
+INSERT INTO users (username, email, password_hash)
+SELECT 'plan' || n, 'plan' || n || '@example.com', 'pbkdf2-sha256$1$AAAA$AAAA' FROM generate_series(1, 2) AS n;
+INSERT INTO chats (is_group, title, last_seq) VALUES (true, 'one million', 1000000);
+INSERT INTO chat_members (chat_id, user_id, role)
+SELECT (SELECT max(id) FROM chats), id, CASE WHEN username = 'plan1' THEN 'owner' ELSE 'member' END
+FROM users WHERE username IN ('plan1', 'plan2');
+INSERT INTO messages (chat_id, seq, sender_id, content)
+SELECT (SELECT max(id) FROM chats), seq, (SELECT min(id) FROM users WHERE username LIKE 'plan%'), 'message number ' || seq
+FROM generate_series(1, 1000000) AS seq;
+INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id, created_at)
+SELECT chat_id, seq, 'message.created', sender_id, id, created_at FROM messages WHERE chat_id = (SELECT max(id) FROM chats);
+COMMIT;
+ANALYZE users, chats, chat_members, messages, chat_events;
+
+\echo 'newest 50'
+EXPLAIN (ANALYZE, BUFFERS)
+SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted FROM messages
+WHERE chat_id = (SELECT max(id) FROM chats) AND seq < 9223372036854775807 ORDER BY seq DESC LIMIT 51;
+
+\echo 'a before= page in the middle'
+EXPLAIN (ANALYZE, BUFFERS)
+SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted FROM messages
+WHERE chat_id = (SELECT max(id) FROM chats) AND seq < 500000 ORDER BY seq DESC LIMIT 51;
+
+\echo 'events after= in the middle'
+EXPLAIN (ANALYZE, BUFFERS)
+SELECT e.chat_id, e.seq, e.type, e.created_at, e.actor_id, e.payload, m.*
+FROM chat_events e
+LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted
+                   FROM messages WHERE id = e.message_id) m ON true
+WHERE e.chat_id = (SELECT max(id) FROM chats) AND e.seq > 500000 ORDER BY e.seq LIMIT 101;
