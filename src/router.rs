@@ -53,6 +53,43 @@ pub enum Route {
 }
 
 impl Route {
+    /// One of each route (ids of 1), for whatever must walk them all: the
+    /// metrics labels, the OpenAPI document, the tests.
+    pub fn all() -> [Route; 29] {
+        let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
+        [
+            Route::Healthz,
+            Route::Readyz,
+            Route::WsOnHttpPort,
+            Route::CreateUser,
+            Route::SearchUsers,
+            Route::GetMe,
+            Route::GetUser(user),
+            Route::CreateSession,
+            Route::DeleteCurrentSession,
+            Route::DeleteAllSessions,
+            Route::CreateWsTicket,
+            Route::CreateChat,
+            Route::ListChats,
+            Route::GetChat(chat),
+            Route::UpdateChat(chat),
+            Route::AddMember(chat),
+            Route::RemoveMember(chat, user),
+            Route::SendMessage(chat),
+            Route::ListMessages(chat),
+            Route::EditMessage(chat, message),
+            Route::DeleteMessage(chat, message),
+            Route::MarkRead(chat),
+            Route::ListEvents(chat),
+            Route::LegacySignup,
+            Route::LegacyLogin,
+            Route::LegacyLogout,
+            Route::LegacyCreateChat,
+            Route::LegacyListMessages(chat),
+            Route::LegacyListChats,
+        ]
+    }
+
     /// The route's method and pattern, e.g. `GET /api/chats/{id}`: a label
     /// for logs and metrics that never holds an id.
     pub fn name(&self) -> &'static str {
@@ -170,6 +207,19 @@ mod tests {
         for (method, url, expected) in table {
             assert_eq!(route(method, url).unwrap(), expected, "{method} {url}");
         }
+    }
+
+    #[test]
+    fn every_route_is_found_again_from_its_name() {
+        for expected in Route::all() {
+            let (method, pattern) = expected.name().split_once(' ').unwrap();
+            let path = pattern.replace("{id}", "1").replace("{user_id}", "1").replace("{message_id}", "1");
+            assert_eq!(route(method, &path).unwrap(), expected, "{}", expected.name());
+        }
+        let mut names: Vec<&str> = Route::all().iter().map(Route::name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Route::all().len(), "names are distinct");
     }
 
     #[test]
