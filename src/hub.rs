@@ -34,6 +34,10 @@ use crate::store;
 
 /// How long a later seq waits for an earlier one before the hub reads it from the table.
 const HOLD: Duration = Duration::from_millis(20);
+/// How often the hub checks that every connection's session is still live:
+/// this closes the sockets of sessions that expired, or whose logout
+/// notification from another process was lost.
+const SESSION_CHECK: Duration = Duration::from_secs(30);
 /// The most events a pending connection keeps before it is told to catch up.
 const MAX_PENDING: usize = 10_000;
 
@@ -160,6 +164,7 @@ impl Hub {
             n_pending: 0,
             users: HashMap::new(),
             chats: HashMap::new(),
+            last_session_check: Instant::now(),
         };
         std::thread::Builder::new()
             .name("hub".into())
@@ -267,6 +272,7 @@ struct State {
     /// For each user with a subscribed connection: its connections and chats.
     users: HashMap<i64, (Vec<ConnId>, HashSet<i64>)>,
     chats: HashMap<i64, ChatState>,
+    last_session_check: Instant,
 }
 
 impl State {
@@ -284,7 +290,28 @@ impl State {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             self.fetch_overdue();
+            if self.last_session_check.elapsed() >= SESSION_CHECK {
+                self.last_session_check = Instant::now();
+                self.check_sessions();
+            }
         }
+    }
+
+    /// Asks the database which sessions of open connections still live, on a
+    /// job thread; the answer comes back as `SessionsEnded`.
+    fn check_sessions(&self) {
+        let mut session_ids: Vec<i64> = self.conns.values().map(|c| c.session_id).collect();
+        session_ids.sort_unstable();
+        session_ids.dedup();
+        if session_ids.is_empty() {
+            return;
+        }
+        let hub = self.hub.clone();
+        self.jobs.spawn(move |db| {
+            if let Ok(live) = db.sql().and_then(|mut sql| store::find_live_sessions(&mut sql, &session_ids)) {
+                hub.sessions_ended(session_ids.into_iter().filter(|id| !live.contains(id)).collect());
+            }
+        });
     }
 
     fn handle(&mut self, msg: Msg) {

@@ -28,6 +28,8 @@ use crate::store;
 
 /// PostgreSQL refuses payloads of 8000 bytes or more.
 const MAX_PAYLOAD: usize = 7900;
+/// How long the notifier waits before each new try of a failed NOTIFY.
+const RETRY_PAUSES: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(250), Duration::ZERO];
 /// Signals waiting for the notifier; past this they are dropped (clients see the gap by seq).
 const QUEUE: usize = 65_536;
 
@@ -125,9 +127,15 @@ fn send_batches(mut db: Db, process_id: i64, signals: Receiver<Signal>) {
             payload.push('\n');
             payload.push_str(&next.encode());
         }
-        // A failed send loses this batch; receivers recover events by their seq gaps.
-        if db.sql().and_then(|mut sql| store::notify(&mut sql, &payload)).is_err() {
+        // A batch that still fails after the retries is lost: other processes
+        // then recover its events by the seq gap that the next event shows,
+        // and sockets of ended sessions by the hub's periodic session check.
+        for pause in RETRY_PAUSES {
+            if db.sql().and_then(|mut sql| store::notify(&mut sql, &payload)).is_ok() {
+                break;
+            }
             db.disconnect();
+            std::thread::sleep(pause);
         }
     }
 }

@@ -8,7 +8,8 @@
 //! deletes the last announces "offline", to users who share a chat (through
 //! the hub here and a NOTIFY for the other processes). Each process beats in
 //! `server_processes` every few seconds; rows of a process silent for 15
-//! seconds do not count, and a minute later they are deleted.
+//! seconds do not count, and a minute later another process deletes them and
+//! announces "offline" for users left with no connection.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -95,13 +96,30 @@ pub fn start_heartbeat(app: Arc<App>) -> Result<(), String> {
                 app.presence.beat(&app, &mut db);
                 if last_cleanup.elapsed() >= CLEANUP {
                     last_cleanup = Instant::now();
-                    let _ = db.sql().and_then(|mut sql| store::delete_dead_processes(&mut sql));
+                    bury_dead_processes(&app, &mut db);
                 }
                 std::thread::sleep(HEARTBEAT);
             }
         })
         .map_err(|e| format!("cannot start the presence thread: {e}"))?;
     Ok(())
+}
+
+/// Deletes the rows of processes that died without cleaning up, and
+/// announces "offline" for their users who have no connection left.
+fn bury_dead_processes(app: &App, db: &mut Db) {
+    let buried = db.sql().and_then(|mut sql| {
+        let mut offline = Vec::new();
+        for user_id in store::delete_dead_processes(&mut sql)? {
+            if store::count_presence(&mut sql, user_id)? == 0 {
+                offline.push((user_id, store::list_chat_ids(&mut sql, user_id)?));
+            }
+        }
+        Ok(offline)
+    });
+    for (user_id, chat_ids) in buried.unwrap_or_default() {
+        announce(app, user_id, false, chat_ids);
+    }
 }
 
 /// Registers a process before it serves, so its first presence rows count.

@@ -463,7 +463,8 @@ pub fn find_message_by_client_id(
         concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE chat_id = $1 AND sender_id = $2 AND client_id = $3"
+            " FROM messages WHERE chat_id = $1 AND sender_id = $2 AND client_id = $3
+              AND EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)"
         ),
         &[&chat_id.0, &sender_id, &client_id],
     )?;
@@ -579,6 +580,12 @@ pub fn find_session_by_id(sql: &mut Sql<impl GenericClient>, session_id: i64) ->
     Ok(row.map(|row| Session { id: row.get(0), user: me_from(&row, 1) }))
 }
 
+/// Which of these sessions still exist and have not expired.
+pub fn find_live_sessions(sql: &mut Sql<impl GenericClient>, session_ids: &[i64]) -> Result<Vec<i64>, ApiError> {
+    let rows = sql.query("SELECT id FROM sessions WHERE id = ANY($1) AND expires_at > now()", &[&session_ids])?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// Each of the user's chats with its last seq: the `ready` snapshot.
 pub fn list_chat_seqs(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<Vec<(i64, i64)>, ApiError> {
     let rows = sql.query(
@@ -597,10 +604,18 @@ pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Resul
     Ok(())
 }
 
-/// Forgets processes that stopped beating a minute ago, and their presence.
-pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<(), ApiError> {
-    sql.execute("DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute'", &[])?;
-    Ok(())
+/// Forgets processes that stopped beating a minute ago, and their presence;
+/// returns the users whose connections those were (each once).
+pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<Vec<i64>, ApiError> {
+    let rows = sql.query(
+        "WITH dead AS (DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
+         DELETE FROM presence p USING dead WHERE p.process_id = dead.id RETURNING p.user_id",
+        &[],
+    )?;
+    let mut users: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    users.sort_unstable();
+    users.dedup();
+    Ok(users)
 }
 
 pub fn delete_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Result<(), ApiError> {

@@ -245,6 +245,22 @@ fn resending_a_client_id_returns_the_stored_message_and_creates_nothing() {
 }
 
 #[test]
+fn a_removed_member_retrying_a_client_id_gets_404_not_the_old_message() {
+    let app = spawn_app();
+    let (alice, bob) = (app.create_user(), app.create_user());
+    let chat_id = group(&app, &alice, &[&bob]);
+    let body = json!({ "content": "before leaving", "client_id": "retry-after-leaving" });
+    post_message(&app, &bob, chat_id, body.clone()).assert_status(201, "bob's first send");
+    app.delete(&format!("/api/chats/{chat_id}/members/{}", bob.id), Some(&alice.token))
+        .assert_status(204, "bob removed");
+
+    let retry = post_message(&app, &bob, chat_id, body);
+
+    check_error(&retry, 404, "not_found", None);
+    assert_eq!(message_rows(&app), 1, "nothing new was stored");
+}
+
+#[test]
 fn the_same_client_id_sent_from_several_threads_at_once_makes_one_message() {
     let app = spawn_app();
     let (alice, bob) = (app.create_user(), app.create_user());

@@ -882,3 +882,14 @@ fn logging_out_everywhere_closes_every_socket_of_the_user() {
     assert_logged_out(&mut first_ws, deadline, "alice's first session on A");
     bob_ws.ping_pong(PROMPTLY, "another user's socket stays open");
 }
+
+#[test]
+fn a_socket_whose_session_expires_is_closed_by_the_periodic_session_check() {
+    let app = spawn_app_with(&[("TOKEN_TTL_SECS", "2")]);
+    let alice = app.create_user();
+    let (mut ws, _) = connect_ready(&app, &alice, "alice, whose token lives 2 s");
+
+    // The hub checks sessions every 30 s; the token expired long before that.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    assert_logged_out(&mut ws, deadline, "the expired session's socket");
+}
