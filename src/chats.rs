@@ -154,19 +154,12 @@ pub fn update_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply
     let body = ctx.body()?;
     let title = parse_title(body.str("title")?)?;
     let event = ctx.db.transaction(|tx| {
-        require_owner(tx, chat_id, user_id)?;
+        lock_as_owner(tx, chat_id, user_id)?;
         let seq = store::take_seq(tx, chat_id)?;
         let info = store::update_chat_title(tx, chat_id, &title)?;
-        let payload = json!(info);
-        let created_at = store::insert_event(tx, chat_id, seq, "chat.updated", user_id, &payload)?;
-        Ok(Event {
-            chat_id: chat_id.0,
-            seq,
-            kind: "chat.updated",
-            created_at,
-            actor_id: user_id,
-            payload: Payload::Chat(info),
-        })
+        let created_at = store::insert_event(tx, chat_id, seq, "chat.updated", user_id, &json!(info))?;
+        let payload = Payload::Chat(info);
+        Ok(Event { chat_id: chat_id.0, seq, kind: "chat.updated", created_at, actor_id: user_id, payload })
     })?;
     events::publish(ctx.app, &[event]);
     get_chat(ctx, user_id, chat_id)
@@ -177,10 +170,9 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
     let body = ctx.body()?;
     let new_member = body.i64("user_id")?;
     let event = ctx.db.transaction(|tx| {
-        require_owner(tx, chat_id, user_id)?;
-        let seq = store::take_seq(tx, chat_id)?;
+        lock_as_owner(tx, chat_id, user_id)?;
         if store::find_role(tx, chat_id, new_member)?.is_some() {
-            return Err(ApiError::Conflict { field: None, message: String::new() });
+            return Ok(None);
         }
         if store::count_members(tx, chat_id)? >= MAX_MEMBERS as i64 {
             return Err(ApiError::invalid("user_id", "the group has the most members it can have"));
@@ -188,19 +180,12 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
         let username = store::find_username(tx, UserId(new_member))?
             .ok_or_else(|| ApiError::invalid("user_id", "user_id is not an existing user"))?;
         store::insert_member(tx, chat_id, new_member, "member")?;
-        member_event(
-            tx,
-            chat_id,
-            seq,
-            "member.added",
-            user_id,
-            Member { id: new_member, username, role: "member".into() },
-        )
-    });
-    match event {
-        Ok(event) => events::publish(ctx.app, &[event]),
-        Err(ApiError::Conflict { .. }) => {}
-        Err(error) => return Err(error),
+        let seq = store::take_seq(tx, chat_id)?;
+        let member = Member { id: new_member, username, role: "member".into() };
+        member_event(tx, chat_id, seq, "member.added", user_id, member).map(Some)
+    })?;
+    if let Some(event) = event {
+        events::publish(ctx.app, &[event]);
     }
     get_chat(ctx, user_id, chat_id)
 }
@@ -208,29 +193,38 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
 /// `DELETE /api/chats/{id}/members/{user_id}`: the owner removes anyone; a
 /// member removes only itself. An owner who leaves hands the group to the
 /// longest-standing member.
+///
+/// The member's row is deleted (and so locked) before the chat row, the
+/// order a send takes them in (`store::insert_message`), so the two cannot
+/// deadlock; a second removal of the same member waits, then finds nothing.
 pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserId) -> Result<Reply, ApiError> {
     let event = ctx.db.transaction(|tx| {
-        let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-        let target_role = store::find_role(tx, chat_id, target.0)?.ok_or(ApiError::NotFound)?;
+        store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
         if !store::is_group(tx, chat_id)? {
             return Err(ApiError::Forbidden("nobody can leave or be removed from a direct chat"));
         }
-        if role != "owner" && target.0 != user_id {
+        let target_role = store::delete_member(tx, chat_id, target.0)?.ok_or(ApiError::NotFound)?;
+        let seq = store::take_seq(tx, chat_id)?;
+        if target.0 != user_id && store::find_role(tx, chat_id, user_id)?.as_deref() != Some("owner") {
             return Err(ApiError::Forbidden("only the owner can remove another member"));
         }
-        let seq = store::take_seq(tx, chat_id)?;
-        let username = store::find_username(tx, target)?.unwrap_or_default();
-        store::delete_member(tx, chat_id, target.0)?;
         if target_role == "owner" {
             store::promote_longest_standing(tx, chat_id)?;
         }
+        let username = store::find_username(tx, target)?.unwrap_or_default();
         member_event(tx, chat_id, seq, "member.removed", user_id, Member { id: target.0, username, role: target_role })
     })?;
     events::publish(ctx.app, &[event]);
     Ok(Reply::no_content())
 }
 
-fn require_owner(tx: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<(), ApiError> {
+/// Locks the chat row for its owner, so that member changes and renames of
+/// one chat happen one at a time. The role is read before the lock, so an
+/// outsider locks nothing, and again under it, so an owner who left
+/// meanwhile is seen.
+fn lock_as_owner(tx: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<(), ApiError> {
+    store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+    store::lock_chat(tx, chat_id)?;
     match store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?.as_str() {
         "owner" => Ok(()),
         _ => Err(ApiError::Forbidden("only the group's owner can do this")),

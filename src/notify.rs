@@ -28,6 +28,8 @@ use crate::store;
 
 /// PostgreSQL refuses payloads of 8000 bytes or more.
 const MAX_PAYLOAD: usize = 7900;
+/// The most notifications the listener hands on at once.
+const MAX_BATCH: usize = 256;
 /// How long the notifier waits before each new try of a failed NOTIFY.
 const RETRY_PAUSES: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(250), Duration::ZERO];
 /// Signals waiting for the notifier; past this they are dropped (clients see the gap by seq).
@@ -184,10 +186,19 @@ fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> bool {
     let Ok(mut sql) = db.sql() else { return false };
     let mut payloads = Vec::new();
     {
+        use postgres::fallible_iterator::FallibleIterator;
         let mut notifications = sql.client().notifications();
-        let mut waiting = notifications.timeout_iter(Duration::from_secs(1));
-        loop {
-            match postgres::fallible_iterator::FallibleIterator::next(&mut waiting) {
+        // Wait for the first; then take only what has already arrived, since
+        // `timeout_iter` restarts its timer on every notification and would
+        // never return under steady traffic.
+        match notifications.timeout_iter(Duration::from_secs(1)).next() {
+            Ok(Some(first)) => payloads.push(first.payload().to_string()),
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        let mut arrived = notifications.iter();
+        while payloads.len() < MAX_BATCH {
+            match arrived.next() {
                 Ok(Some(notification)) => payloads.push(notification.payload().to_string()),
                 Ok(None) => break,
                 Err(_) => return false,

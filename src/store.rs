@@ -307,9 +307,17 @@ pub fn insert_member(
     Ok(())
 }
 
-pub fn delete_member(sql: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<(), ApiError> {
-    sql.execute("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2", &[&chat_id.0, &user_id])?;
-    Ok(())
+/// Removes a member; returns the role it had, or `None` if it was not one.
+pub fn delete_member(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    user_id: i64,
+) -> Result<Option<String>, ApiError> {
+    let row = sql.query_opt(
+        "DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING role",
+        &[&chat_id.0, &user_id],
+    )?;
+    Ok(row.map(|row| row.get(0)))
 }
 
 /// Makes the member who joined first the owner.
@@ -330,6 +338,13 @@ pub fn update_chat_title(
     let row = sql
         .query_one("UPDATE chats SET title = $2 WHERE id = $1 RETURNING id, is_group, title", &[&chat_id.0, &title])?;
     Ok(ChatInfo { id: row.get(0), is_group: row.get(1), title: row.get(2) })
+}
+
+/// Locks the chat row without taking a seq, for changes that may turn out
+/// to change nothing.
+pub fn lock_chat(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<(), ApiError> {
+    sql.query_one("SELECT id FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id.0])?;
+    Ok(())
 }
 
 /// Takes the chat's next seq. The row stays locked until the transaction
@@ -414,6 +429,11 @@ fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T, ApiError> {
 /// Takes the next seq, stores the message and appends `message.created`, in
 /// one statement. `None` when the sender is not a member (nothing written);
 /// `409` when the sender already used this `client_id` in this chat.
+///
+/// The sender's member row is locked (`FOR KEY SHARE`) before the chat row:
+/// a removal that deleted it first makes the send find no member, and one
+/// that comes later waits for the send. A plain `EXISTS` would read the
+/// statement's snapshot and let a just-removed member post.
 pub fn insert_message(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
@@ -423,9 +443,11 @@ pub fn insert_message(
 ) -> Result<Option<Message>, ApiError> {
     let inserted = sql.query_opt(
         concat!(
-            "WITH next AS (
+            "WITH member AS (
+                SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2 FOR KEY SHARE
+            ), next AS (
                 UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now()
-                WHERE id = $1 AND EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
+                WHERE id = $1 AND EXISTS (SELECT 1 FROM member)
                 RETURNING id, last_seq
             ), message AS (
                 INSERT INTO messages (chat_id, seq, sender_id, content, client_id)
