@@ -675,3 +675,84 @@ fn chat_routes_require_a_valid_token() {
     }
     assert_eq!(get_chat(&app, &alice, chat_id)["title"], json!("Locked"), "nothing changed");
 }
+
+#[test]
+fn a_member_removed_while_sending_never_posts_after_its_removal() {
+    let app = spawn_app();
+    let alice = app.create_user();
+    for round in 0..8 {
+        let bob = app.create_user();
+        let chat_id = id_of(&create_group(&app, &alice, "Leaving", &[&bob]));
+        let removed = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Bob keeps sending until his sends are refused.
+                for i in 0..500 {
+                    let resp =
+                        crate::messages::post_message(&app, &bob, chat_id, json!({ "content": format!("m{i}") }));
+                    if resp.status == 404 {
+                        return;
+                    }
+                    assert_eq!(resp.status, 201, "round {round}: bob's send {i}:\n{}", resp.describe());
+                    if removed.load(std::sync::atomic::Ordering::SeqCst) && i > 200 {
+                        return;
+                    }
+                }
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20 + round * 5));
+            let resp = app.delete(&format!("/api/chats/{chat_id}/members/{}", bob.id), Some(&alice.token));
+            resp.assert_status(204, "alice removes bob");
+            removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+
+        let events = crate::events::all_events(&app, &alice, chat_id);
+        let removal = events
+            .iter()
+            .find(|e| e["type"] == "member.removed" && e["member"]["id"] == json!(bob.id))
+            .unwrap_or_else(|| panic!("round {round}: no member.removed for bob"))["seq"]
+            .as_i64()
+            .unwrap();
+        let late: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "message.created" && e["actor_id"] == json!(bob.id) && e["seq"].as_i64() > Some(removal)
+            })
+            .collect();
+        assert!(late.is_empty(), "round {round}: bob posted after his removal at seq {removal}: {late:?}");
+    }
+}
+
+#[test]
+fn leaving_twice_at_once_removes_the_member_once() {
+    let app = spawn_app();
+    let alice = app.create_user();
+    for round in 0..6 {
+        let bob = app.create_user();
+        let chat_id = id_of(&create_group(&app, &alice, "Double click", &[&bob]));
+        let barrier = Barrier::new(2);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let leaves: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        app.delete(&format!("/api/chats/{chat_id}/members/{}", bob.id), Some(&bob.token)).status
+                    })
+                })
+                .collect();
+            leaves.into_iter().map(|leave| leave.join().unwrap()).collect()
+        });
+
+        let mut sorted = statuses.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            vec![204, 404],
+            "round {round}: one leave succeeds, the other finds no member: {statuses:?}"
+        );
+        let removals = crate::events::all_events(&app, &alice, chat_id)
+            .iter()
+            .filter(|e| e["type"] == "member.removed" && e["member"]["id"] == json!(bob.id))
+            .count();
+        assert_eq!(removals, 1, "round {round}: one member.removed event");
+    }
+}
