@@ -52,7 +52,7 @@ impl<'a> NewUser<'a> {
         }
         let at_parts: Vec<&str> = email.split('@').collect();
         let well_formed = matches!(at_parts.as_slice(), [local, domain] if !local.is_empty() && !domain.is_empty());
-        if email.chars().count() > 254 || !well_formed || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if email.chars().count() > 254 || !well_formed {
             return Err(ApiError::invalid(
                 "email",
                 "email must be at most 254 characters with one @ and text on both sides",
@@ -64,6 +64,9 @@ impl<'a> NewUser<'a> {
         Ok(NewUser { username, email, password })
     }
 }
+
+/// The longest login that can name an account: an email of 254 characters, in UTF-8.
+const MAX_LOGIN_BYTES: usize = 254 * 4;
 
 /// A new session's token, expiry and user.
 pub struct LoggedIn {
@@ -97,6 +100,10 @@ pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 /// Checks a login (username or email) and password, under the failure limits.
 pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
+    if login.len() > MAX_LOGIN_BYTES {
+        // No account has such a login; refusing it early keeps the limiter's keys small.
+        return Err(ApiError::InvalidCredentials);
+    }
     let login_key = format!("login:{}", login.to_lowercase());
     let address_key = format!("addr:{}", ctx.client_address());
     let keys = [login_key.as_str(), address_key.as_str()];

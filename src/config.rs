@@ -30,6 +30,8 @@ pub struct Config {
     /// Origins allowed to open a WebSocket; empty means any.
     pub ws_allowed_origins: Vec<String>,
     pub ws_queue: usize,
+    /// Open WebSockets this process accepts; more are closed at once.
+    pub ws_max_connections: usize,
     pub migrations_dir: String,
 }
 
@@ -60,6 +62,7 @@ impl Config {
         let rate_limits = get("RATE_LIMITS", "on");
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
+        let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
         let migrations_dir = get("MIGRATIONS_DIR", "sql");
 
         if database_url.is_empty() {
@@ -98,6 +101,7 @@ impl Config {
             },
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
+            ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
             migrations_dir,
         };
         if problems.is_empty() {
@@ -144,6 +148,7 @@ mod tests {
         assert_eq!(config.token_ttl, Duration::from_secs(30 * 86400));
         assert!(config.rate_limits);
         assert_eq!(config.ws_queue, 1024);
+        assert_eq!(config.ws_max_connections, 10000);
     }
 
     #[test]

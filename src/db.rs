@@ -72,6 +72,8 @@ pub fn connection_config(url: &str) -> Result<postgres::Config, String> {
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
         .options(SESSION_OPTIONS)
         .application_name("messaging");
     Ok(config)

@@ -371,12 +371,20 @@ impl State {
         if !self.wanted(event.chat_id, event.joins()) {
             return;
         }
+        let followed = self.chats.contains_key(&event.chat_id);
         let chat =
             self.chats.entry(event.chat_id).or_insert_with(|| ChatState { next: event.seq, ..ChatState::default() });
         if event.seq >= chat.next {
             chat.held.insert(event.seq, event.clone());
         }
         self.drain(event.chat_id);
+        if !followed && event.joins().is_some() {
+            // Later events of this chat may have arrived, and been skipped, before
+            // this one: read them from the table once.
+            if let Some(chat) = self.chats.get_mut(&event.chat_id) {
+                chat.deadline = chat.deadline.or(Some(Instant::now() + HOLD));
+            }
+        }
     }
 
     fn announced(&mut self, chat_id: i64, seq: i64, added: Option<i64>) {
@@ -605,14 +613,16 @@ impl State {
         let mut restarted = Vec::new();
         for (chat_id, seq) in &covered {
             let events = pending.iter().filter(|e| e.chat_id == *chat_id && e.seq > *seq);
-            let until = left.get(chat_id).copied().unwrap_or(i64::MAX);
+            if let Some(until) = left.get(chat_id) {
+                // Removed while pending: everything up to its own removal, from what was kept.
+                replay.extend(events.filter(|e| e.seq <= *until).cloned());
+                continue;
+            }
             match self.chats.get_mut(chat_id) {
                 // Someone here is subscribed: the chat's order is settled up to `next`.
-                Some(chat) if !chat.users.is_empty() => {
-                    replay.extend(events.filter(|e| e.seq < chat.next && e.seq <= until).cloned());
-                }
+                Some(chat) if !chat.users.is_empty() => replay.extend(events.filter(|e| e.seq < chat.next).cloned()),
                 // Nobody is: order this chat from the snapshot on.
-                _ if !left.contains_key(chat_id) => {
+                _ => {
                     let chat = self.chats.entry(*chat_id).or_default();
                     chat.next = seq + 1;
                     chat.held.retain(|held_seq, _| *held_seq > *seq);
@@ -621,7 +631,6 @@ impl State {
                     }
                     restarted.push(*chat_id);
                 }
-                _ => replay.extend(events.filter(|e| e.seq <= until).cloned()),
             }
         }
         for chat_id in &joined {

@@ -13,7 +13,8 @@
 //! closes every WebSocket with 4008 and clients catch up from `/events`.
 //!
 //! A payload is the sender's process id on the first line, then one signal a line:
-//! `e <chat> <seq> [<added user>]`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`, `s <session>`.
+//! `e <chat> <seq> [<added user>]`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`,
+//! `s <session>`, and `x` when the sender lost signals and everyone must catch up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,8 +39,8 @@ const QUEUE: usize = 65_536;
 /// Something other processes must hear of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signal {
-    /// `added` names the user a `member.added` event adds: a process where
-    /// that user is connected must start following the chat.
+    /// `added` names the user the event makes a member (`Event::joins`): a
+    /// process where that user is connected must start following the chat.
     Event {
         chat_id: i64,
         seq: i64,
@@ -61,6 +62,8 @@ pub enum Signal {
     SessionEnded {
         session_id: i64,
     },
+    /// This process lost signals it should have sent: everyone must catch up.
+    Resync,
 }
 
 impl Signal {
@@ -72,6 +75,7 @@ impl Signal {
             Signal::Read { chat_id, user_id, seq } => format!("r {chat_id} {user_id} {seq}"),
             Signal::Presence { user_id, online } => format!("p {user_id} {}", u8::from(*online)),
             Signal::SessionEnded { session_id } => format!("s {session_id}"),
+            Signal::Resync => "x".to_string(),
         }
     }
 
@@ -85,6 +89,7 @@ impl Signal {
             (Some("r"), 4) => Signal::Read { chat_id: n(1)?, user_id: n(2)?, seq: n(3)? },
             (Some("p"), 3) => Signal::Presence { user_id: n(1)?, online: n(2)? == 1 },
             (Some("s"), 2) => Signal::SessionEnded { session_id: n(1)? },
+            (Some("x"), 1) => Signal::Resync,
             _ => return None,
         })
     }
@@ -122,18 +127,26 @@ impl Notifier {
 }
 
 fn send_batches(mut db: Db, process_id: i64, signals: Receiver<Signal>) {
+    let mut lost = false;
     while let Ok(first) = signals.recv() {
-        let mut payload = format!("{process_id}\n{}", first.encode());
+        let mut payload = format!("{process_id}\n");
+        if lost {
+            payload.push_str(&Signal::Resync.encode());
+            payload.push('\n');
+        }
+        payload.push_str(&first.encode());
         while payload.len() < MAX_PAYLOAD - 64 {
             let Ok(next) = signals.try_recv() else { break };
             payload.push('\n');
             payload.push_str(&next.encode());
         }
-        // A batch that still fails after the retries is lost: other processes
-        // then recover its events by the seq gap that the next event shows,
-        // and sockets of ended sessions by the hub's periodic session check.
+        // A batch that still fails after the retries is lost; the next batch
+        // that gets through tells every other process to resync, which closes
+        // their sockets with 4008 so clients catch up from the log.
+        lost = true;
         for pause in RETRY_PAUSES {
             if db.sql().and_then(|mut sql| store::notify(&mut sql, &payload)).is_ok() {
+                lost = false;
                 break;
             }
             db.disconnect();
@@ -222,6 +235,7 @@ fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> bool {
                     Err(_) => return false,
                 },
                 Signal::SessionEnded { session_id } => hub.sessions_ended(vec![session_id]),
+                Signal::Resync => hub.resync(),
             }
         }
     }
@@ -242,6 +256,7 @@ mod tests {
             Signal::Presence { user_id: 8, online: true },
             Signal::Presence { user_id: 9, online: false },
             Signal::SessionEnded { session_id: 10 },
+            Signal::Resync,
         ];
         let payload = format!("42\n{}", signals.iter().map(Signal::encode).collect::<Vec<_>>().join("\n"));
         assert_eq!(decode_payload(&payload), Some((42, signals.to_vec())));

@@ -62,8 +62,14 @@ impl Presence {
         match last {
             Ok(Some(chat_ids)) => announce(app, user_id, false, chat_ids),
             Ok(None) => {}
-            Err(_) => self.undeleted.lock().unwrap_or_else(PoisonError::into_inner).push((conn, user_id)),
+            Err(_) => self.forget_later(conn, user_id),
         }
+    }
+
+    /// Leaves a closed connection's row to the heartbeat, which deletes it
+    /// (and announces "offline" if it was the last) once the database answers.
+    pub fn forget_later(&self, conn: ConnId, user_id: i64) {
+        self.undeleted.lock().unwrap_or_else(PoisonError::into_inner).push((conn, user_id));
     }
 
     /// Keeps this process alive in the table and retries failed deletions.

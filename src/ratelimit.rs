@@ -60,6 +60,11 @@ impl FailureLimiter {
                 !times.is_empty()
             });
             if failures.len() >= MAX_KEYS {
+                // Still full of live keys: keep those that are limited now, so a
+                // flood of new keys cannot lift the limit on a login under attack.
+                failures.retain(|_, times| times.len() >= MAX_FAILURES);
+            }
+            if failures.len() >= MAX_KEYS {
                 failures.clear();
             }
         }

@@ -9,7 +9,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub struct App {
     pub notifier: Notifier,
     pub jobs: Jobs,
     pub next_conn: AtomicU64,
+    /// WebSockets open now, against `WS_MAX_CONNECTIONS`.
+    pub ws_open: AtomicUsize,
     pub stopping: AtomicBool,
 }
 
@@ -163,6 +165,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         notifier,
         jobs,
         next_conn: AtomicU64::new(1),
+        ws_open: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         config,
     });

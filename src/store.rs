@@ -3,6 +3,7 @@
 //! Each takes parameters; none formats SQL text. Every statement is a
 //! `&'static str`, so `db.rs` prepares it once per connection and reuses it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -265,6 +266,7 @@ pub fn list_chats(
         })
         .collect();
     let chat_ids: Vec<i64> = chats.iter().map(|chat| chat.id).collect();
+    let position: HashMap<i64, usize> = chat_ids.iter().enumerate().map(|(idx, id)| (*id, idx)).collect();
     let members = sql.query(
         "SELECT cm.chat_id, u.id, u.username, cm.role FROM chat_members cm JOIN users u ON u.id = cm.user_id
          WHERE cm.chat_id = ANY($1) ORDER BY cm.chat_id, cm.joined_at, cm.user_id",
@@ -272,8 +274,8 @@ pub fn list_chats(
     )?;
     for row in members {
         let chat_id: i64 = row.get(0);
-        if let Some(chat) = chats.iter_mut().find(|chat| chat.id == chat_id) {
-            chat.members.push(Member { id: row.get(1), username: row.get(2), role: row.get(3) });
+        if let Some(idx) = position.get(&chat_id) {
+            chats[*idx].members.push(Member { id: row.get(1), username: row.get(2), role: row.get(3) });
         }
     }
     Ok(chats)
@@ -580,12 +582,14 @@ pub fn move_read_marker(
 
 // Real-time bookkeeping: tickets, processes, presence.
 
-/// Marks a ticket's nonce used; `false` if it was used before. Forgets
-/// expired nonces on the way, so the table stays small.
+/// Marks a ticket's nonce used; `false` if it was used before or has expired
+/// by the database's clock (the one the purge below goes by). Forgets expired
+/// nonces on the way, so the table stays small.
 pub fn use_ticket_nonce(sql: &mut Sql<impl GenericClient>, nonce: &str, expires_unix: i64) -> Result<bool, ApiError> {
     sql.execute("DELETE FROM ws_ticket_uses WHERE expires_at < now() - interval '1 minute'", &[])?;
     let inserted = sql.execute(
-        "INSERT INTO ws_ticket_uses (nonce, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING",
+        "INSERT INTO ws_ticket_uses (nonce, expires_at) SELECT $1, to_timestamp($2)
+         WHERE to_timestamp($2) > now() ON CONFLICT DO NOTHING",
         &[&nonce, &(expires_unix as f64)],
     )?;
     Ok(inserted == 1)

@@ -58,11 +58,12 @@ pub fn listen(app: Arc<App>, listener: TcpListener) -> Result<(), String> {
                 }
                 match stream {
                     Ok(stream) => {
-                        let conn_app = app.clone();
+                        // Dropping the stream closes it: the client may try again later.
+                        let Some(slot) = Slot::take(&app) else { continue };
                         let spawned = std::thread::Builder::new()
                             .name("ws-read".into())
                             .stack_size(STACK_SIZE)
-                            .spawn(move || serve(&conn_app, stream));
+                            .spawn(move || serve(&slot.app, stream));
                         if let Err(error) = spawned {
                             server::log(&app, LogLevel::Error, &format!("cannot start a WebSocket thread: {error}"));
                         }
@@ -77,6 +78,27 @@ pub fn listen(app: Arc<App>, listener: TcpListener) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the WebSocket listener: {e}"))?;
     Ok(())
+}
+
+/// One of the `WS_MAX_CONNECTIONS` places, held by a connection's thread
+/// and given back when it ends, however it ends.
+struct Slot {
+    app: Arc<App>,
+}
+
+impl Slot {
+    fn take(app: &Arc<App>) -> Option<Slot> {
+        let limit = app.config.ws_max_connections;
+        let taken =
+            app.ws_open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| (open < limit).then_some(open + 1));
+        taken.is_ok().then(|| Slot { app: app.clone() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.app.ws_open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Who connected, and how they want events.
@@ -98,7 +120,7 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
         .max_write_buffer_size(MAX_MESSAGE * 2)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    let side = ReadSide { stream, replies: None };
+    let side = ReadSide { stream, replies: None, handshake_deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT) };
     // tungstenite's callback type fixes the large `ErrorResponse`.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| match authorize(app, request) {
@@ -110,6 +132,7 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
     };
     let Ok(mut socket) = tungstenite::accept_hdr_with_config(side, callback, Some(config)) else { return };
     let Some(Accepted { session, protocol }) = accepted else { return };
+    socket.get_mut().handshake_deadline = None;
     let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
     let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
 
@@ -156,16 +179,23 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
             }
             read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
         }
-        Err(_) => shared.close(hub::CLOSE_INTERNAL),
+        Err(_) => {
+            // The row may still be written by a job that ran late; the heartbeat deletes it.
+            app.presence.forget_later(conn, user_id);
+            shared.close(hub::CLOSE_INTERNAL);
+        }
     }
     app.hub.unregister(conn);
     shared.close(CLOSE_QUIETLY);
     queue.wake();
     let job_app = app.clone();
-    let _ = app.jobs.run(move |db| {
+    let forgotten = app.jobs.run(move |db| {
         job_app.presence.disconnected(&job_app, db, conn, user_id);
         Ok(())
     });
+    if forgotten.is_err() {
+        app.presence.forget_later(conn, user_id);
+    }
 }
 
 /// Checks the path, origin and credential inside the handshake.
@@ -374,10 +404,16 @@ fn control_frame(frame: Frame) -> Vec<u8> {
 struct ReadSide {
     stream: TcpStream,
     replies: Option<Queue>,
+    /// The whole handshake must be done by then, however slowly the client
+    /// trickles its bytes in (the socket's timeout bounds only each read).
+    handshake_deadline: Option<Instant>,
 }
 
 impl Read for ReadSide {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.handshake_deadline.is_some_and(|deadline| Instant::now() > deadline) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake took too long"));
+        }
         self.stream.read(buf)
     }
 }

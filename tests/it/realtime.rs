@@ -893,3 +893,19 @@ fn a_socket_whose_session_expires_is_closed_by_the_periodic_session_check() {
     let deadline = Instant::now() + Duration::from_secs(45);
     assert_logged_out(&mut ws, deadline, "the expired session's socket");
 }
+
+#[test]
+fn connections_past_ws_max_connections_are_closed_at_once() {
+    let app = spawn_app_with(&[("WS_MAX_CONNECTIONS", "2")]);
+    let alice = app.create_user();
+    let (first, _) = connect_ready(&app, &alice, "the first connection");
+    let (_second, _) = connect_ready(&app, &alice, "the second connection");
+
+    let third = try_connect(app.ws_addr, "/ws", &[("Authorization", &bearer(&alice.token))]);
+    assert!(third.is_err(), "a third connection is refused while two are open");
+
+    first.close();
+    wait_for("a place to free up", SOON, || {
+        try_connect(app.ws_addr, "/ws", &[("Authorization", &bearer(&alice.token))]).ok()
+    });
+}
