@@ -170,10 +170,7 @@ pub fn create_ws_ticket(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiEr
 pub fn search_users(ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let query = ctx.query();
     let limit = query.int("limit", 1, 100)?.unwrap_or(20);
-    let prefix = query.get("q").unwrap_or("");
-    if prefix.contains('\0') {
-        return Err(ApiError::invalid("q", "q must not contain a NUL character"));
-    }
+    let prefix = query.text("q")?.unwrap_or("");
     let users = store::search_users(&mut ctx.db.sql()?, prefix, limit)?;
     Ok(Reply::json(200, &json!({ "users": users })))
 }

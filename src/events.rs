@@ -82,10 +82,7 @@ pub fn publish(app: &App, events: &[Event]) {
 
 /// Hands a typing or read frame to every process's members of the chat.
 pub fn publish_live(app: &App, live: Live) {
-    app.notifier.signal(match live {
-        Live::Typing { chat_id, user_id } => Signal::Typing { chat_id, user_id },
-        Live::Read { chat_id, user_id, seq } => Signal::Read { chat_id, user_id, seq },
-    });
+    app.notifier.signal(live.clone().into());
     app.hub.live(live);
 }
 

@@ -149,6 +149,16 @@ impl Query {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
+    /// An optional text parameter; a NUL in it is a 400 naming it, as in a body.
+    pub fn text(&self, name: &'static str) -> Result<Option<&str>, ApiError> {
+        match self.get(name) {
+            Some(text) if text.contains('\0') => {
+                Err(ApiError::invalid(name, format!("{name} must not contain a NUL character")))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// An optional whole number within `min..=max`; anything else is a 400 naming it.
     pub fn int(&self, name: &'static str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
         match self.get(name) {

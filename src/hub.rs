@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::events::{Event, Payload};
 use crate::jobs::Jobs;
-use crate::notify::{Notifier, Signal};
+use crate::notify::Notifier;
 use crate::router::ChatId;
 use crate::store;
 
@@ -525,18 +525,18 @@ impl State {
     }
 
     fn live(&mut self, live: Live) {
-        let (chat_id, user_id, message) = match live {
+        let (chat_id, user_id, message, echo) = match live {
             Live::Typing { chat_id, user_id } => {
-                (chat_id, user_id, json!({ "type": "typing", "chat_id": chat_id, "user_id": user_id }))
+                (chat_id, user_id, json!({ "type": "typing", "chat_id": chat_id, "user_id": user_id }), false)
             }
             Live::Read { chat_id, user_id, seq } => {
-                (chat_id, user_id, json!({ "type": "read", "chat_id": chat_id, "user_id": user_id, "seq": seq }))
+                (chat_id, user_id, json!({ "type": "read", "chat_id": chat_id, "user_id": user_id, "seq": seq }), true)
             }
         };
-        let typing = message["type"] == "typing";
+        // A read marker also goes to the reader's other connections; typing does not come back.
         let frame = text_frame(&message.to_string());
         let users: Vec<i64> = self.chats.get(&chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
-        self.send_to_users(users.into_iter().filter(|u| !(typing && *u == user_id)), &frame);
+        self.send_to_users(users.into_iter().filter(|u| echo || *u != user_id), &frame);
     }
 
     fn presence(&mut self, user_id: i64, online: bool, chat_ids: &[i64]) {
@@ -685,7 +685,7 @@ impl State {
             }
             return;
         }
-        self.notifier.signal(Signal::Typing { chat_id, user_id });
+        self.notifier.signal(Live::Typing { chat_id, user_id }.into());
         self.live(Live::Typing { chat_id, user_id });
     }
 

@@ -3,7 +3,7 @@
 //! WebSocket connections and the hub never hold a database connection: a
 //! thousand idle sockets would otherwise need a thousand. They hand a closure
 //! to `Jobs` and, when they need the answer, wait for it with a deadline.
-//! The queue is bounded, so a burst waits or fails fast instead of growing.
+//! The queue is bounded, so a burst fails fast (`503`) instead of growing.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;

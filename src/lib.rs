@@ -5,24 +5,24 @@
 //! request travels, the handlers by resource, and the storage beneath them.
 //! ARCHITECTURE.md has the map and the invariants.
 
-pub mod accounts;
-pub mod auth;
-pub mod chats;
 pub mod config;
-pub mod db;
-pub mod error;
-pub mod events;
-pub mod http;
-pub mod hub;
-pub mod jobs;
-pub mod legacy;
-pub mod messages;
-pub mod migrate;
-pub mod notify;
-pub mod ops;
-pub mod presence;
-pub mod ratelimit;
-pub mod router;
 pub mod server;
-pub mod store;
+pub mod router;
+pub mod http;
+pub mod error;
+pub mod auth;
+pub mod ratelimit;
+pub mod accounts;
+pub mod chats;
+pub mod messages;
+pub mod events;
+pub mod legacy;
+pub mod ops;
 pub mod ws;
+pub mod hub;
+pub mod notify;
+pub mod presence;
+pub mod jobs;
+pub mod db;
+pub mod store;
+pub mod migrate;

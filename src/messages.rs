@@ -138,10 +138,14 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
     let body = ctx.body()?;
     let content = parse_content(body.str("content")?)?;
     let (message, event) = ctx.db.transaction(|tx| {
-        let (message, seq) = lock_for_change(tx, user_id, chat_id, message_id)?;
+        let message = lock_message_as_member(tx, user_id, chat_id, message_id)?;
         if message.sender_id != user_id {
             return Err(ApiError::Forbidden("only the sender can edit a message"));
         }
+        if message.deleted {
+            return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() });
+        }
+        let (seq, _) = take_seq_as_member(tx, user_id, chat_id)?;
         let message = store::update_message_content(tx, message_id, content)?;
         let created_at = store::insert_message_event(tx, chat_id, seq, "message.updated", user_id, message_id)?;
         let event = message.event("message.updated", user_id, seq, created_at);
@@ -154,43 +158,48 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
 /// `DELETE /api/chats/{id}/messages/{message_id}`: the sender, or the group's
 /// owner; deleting a deleted message again changes nothing.
 pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
-    let outcome = ctx.db.transaction(|tx| {
-        let (message, seq) = lock_for_change(tx, user_id, chat_id, message_id)?;
-        let owner = store::find_role(tx, chat_id, user_id)?.as_deref() == Some("owner");
-        if message.sender_id != user_id && !owner {
+    let event = ctx.db.transaction(|tx| {
+        let message = lock_message_as_member(tx, user_id, chat_id, message_id)?;
+        if message.deleted {
+            return Ok(None);
+        }
+        let (seq, role) = take_seq_as_member(tx, user_id, chat_id)?;
+        if message.sender_id != user_id && role != "owner" {
             return Err(ApiError::Forbidden("only the sender or the group's owner can delete a message"));
         }
         let message = store::tombstone_message(tx, message_id)?;
         let created_at = store::insert_message_event(tx, chat_id, seq, "message.deleted", user_id, message_id)?;
-        Ok(message.event("message.deleted", user_id, seq, created_at))
-    });
-    match outcome {
-        Ok(event) => events::publish(ctx.app, &[event]),
-        Err(ApiError::Conflict { .. }) => {}
-        Err(error) => return Err(error),
+        Ok(Some(message.event("message.deleted", user_id, seq, created_at)))
+    })?;
+    if let Some(event) = event {
+        events::publish(ctx.app, &[event]);
     }
     Ok(Reply::no_content())
 }
 
-/// Locks a message that is not deleted (`409` if it is), then the chat row,
-/// and takes the chat's next seq. Membership is read before the locks, so an
-/// outsider locks nothing, and again after, so a member removed meanwhile is
-/// seen. The message row is locked before the chat row, like nothing else
-/// locks them the other way round, so this cannot deadlock.
-fn lock_for_change(
+/// Locks a chat's message for a member. Membership is read first, so an
+/// outsider locks nothing. The message row is locked before the chat row
+/// (`take_seq_as_member`), and nothing locks them the other way round.
+fn lock_message_as_member(
     tx: &mut Sql<impl GenericClient>,
     user_id: i64,
     chat_id: ChatId,
     message_id: MessageId,
-) -> Result<(Message, i64), ApiError> {
+) -> Result<Message, ApiError> {
     store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-    let message = store::lock_message(tx, chat_id, message_id)?.ok_or(ApiError::NotFound)?;
-    if message.deleted {
-        return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() });
-    }
+    store::lock_message(tx, chat_id, message_id)?.ok_or(ApiError::NotFound)
+}
+
+/// Takes the chat's next seq and reads the caller's role again under the
+/// chat's lock, so a member removed meanwhile is seen.
+fn take_seq_as_member(
+    tx: &mut Sql<impl GenericClient>,
+    user_id: i64,
+    chat_id: ChatId,
+) -> Result<(i64, String), ApiError> {
     let seq = store::take_seq(tx, chat_id)?;
-    store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-    Ok((message, seq))
+    let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+    Ok((seq, role))
 }
 
 /// `POST /api/chats/{id}/read`: the marker only moves forward.

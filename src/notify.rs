@@ -66,6 +66,15 @@ pub enum Signal {
     Resync,
 }
 
+impl From<Live> for Signal {
+    fn from(live: Live) -> Signal {
+        match live {
+            Live::Typing { chat_id, user_id } => Signal::Typing { chat_id, user_id },
+            Live::Read { chat_id, user_id, seq } => Signal::Read { chat_id, user_id, seq },
+        }
+    }
+}
+
 impl Signal {
     fn encode(&self) -> String {
         match self {

@@ -1,7 +1,8 @@
 //! (method, path) → `Route`, with typed ids; `404` and `405` with `Allow`.
 //!
-//! Routes are an enum so that dispatch is one `match`, and so that metrics
-//! and the OpenAPI test can name every route by its pattern (`Route::name`).
+//! Routes are an enum so that dispatch is one `match`, and so that anything
+//! that must name every route (a metrics label, an OpenAPI document, a test)
+//! can walk them (`Route::all`) by their patterns (`Route::name`).
 //! An id that is not a positive integer matches nothing: `404`, as for a
 //! resource that does not exist.
 
@@ -53,8 +54,7 @@ pub enum Route {
 }
 
 impl Route {
-    /// One of each route (ids of 1), for whatever must walk them all: the
-    /// metrics labels, the OpenAPI document, the tests.
+    /// One of each route (ids of 1), for whatever must walk them all.
     pub fn all() -> [Route; 29] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         [
@@ -91,7 +91,7 @@ impl Route {
     }
 
     /// The route's method and pattern, e.g. `GET /api/chats/{id}`: a label
-    /// for logs and metrics that never holds an id.
+    /// that never holds an id.
     pub fn name(&self) -> &'static str {
         match self {
             Route::Healthz => "GET /healthz",

@@ -3,7 +3,8 @@
 //!
 //! Blocking tungstenite has no read/write split, so each side gets its own
 //! handle of the `TcpStream` and exactly one thread writes: the writer, which
-//! writes whole pre-encoded frames from a bounded queue (`hub::Queue`). The reader's
+//! writes whole pre-encoded frames from its queue (`hub::Queue`, at most
+//! `WS_QUEUE` frames). The reader's
 //! tungstenite `WebSocket` puts its automatic pong and close replies into that
 //! same queue instead of onto the socket, so bytes of two frames never
 //! interleave. Threads get small stacks and tungstenite small buffers, so an
@@ -110,32 +111,7 @@ struct Accepted {
 /// One connection, on its reader thread, from handshake to close.
 fn serve(app: &Arc<App>, stream: TcpStream) {
     let Ok(write_half) = stream.try_clone() else { return };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut accepted = None;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_MESSAGE * 2)
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
-    let side = ReadSide { stream, replies: None, handshake_deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT) };
-    // tungstenite's callback type fixes the large `ErrorResponse`.
-    #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| match authorize(app, request) {
-        Ok(who) => {
-            accepted = Some(who);
-            Ok(response)
-        }
-        Err(error) => Err(reject(&error)),
-    };
-    let Ok(mut socket) = tungstenite::accept_hdr_with_config(side, callback, Some(config)) else { return };
-    let Some(Accepted { session, protocol }) = accepted else { return };
-    socket.get_mut().handshake_deadline = None;
-    let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
-    let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
-
+    let Some((mut socket, accepted)) = handshake(app, stream) else { return };
     let (queue, frames) = Queue::new(app.config.ws_queue);
     socket.get_mut().replies = Some(queue.clone());
     let shared = Arc::new(ConnShared::default());
@@ -150,41 +126,81 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
         return;
     }
     let conn = app.next_conn.fetch_add(1, Ordering::SeqCst);
+    let (user_id, protocol) = (accepted.session.user.id, accepted.protocol);
+    if open(app, conn, accepted, &queue, &shared) {
+        read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
+    } else {
+        shared.close(hub::CLOSE_INTERNAL);
+    }
+    close(app, conn, user_id, &queue, &shared);
+}
+
+/// Runs tungstenite's handshake with the credential checked inside it.
+fn handshake(app: &Arc<App>, stream: TcpStream) -> Option<(WebSocket<ReadSide>, Accepted)> {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE * 2)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let side = ReadSide { stream, replies: None, handshake_deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT) };
+    let mut accepted = None;
+    // tungstenite's callback type fixes the large `ErrorResponse`.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| match authorize(app, request) {
+        Ok(who) => {
+            accepted = Some(who);
+            Ok(response)
+        }
+        Err(error) => Err(reject(&error)),
+    };
+    let mut socket = tungstenite::accept_hdr_with_config(side, callback, Some(config)).ok()?;
+    let accepted = accepted?;
+    socket.get_mut().handshake_deadline = None;
+    let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
+    let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    Some((socket, accepted))
+}
+
+/// Registers the connection with the hub, records its presence, reads the
+/// `ready` snapshot and subscribes; `false` if any of it failed.
+fn open(app: &Arc<App>, conn: hub::ConnId, accepted: Accepted, queue: &Queue, shared: &Arc<ConnShared>) -> bool {
+    let Accepted { session, protocol } = accepted;
     let user_id = session.user.id;
     let registration =
         Registration { conn, user_id, session_id: session.id, protocol, queue: queue.clone(), shared: shared.clone() };
-    let registered = app.hub.register(registration);
-    let job_app = app.clone();
-    let snapshot = match registered {
-        true => app.jobs.run(move |db| {
-            let first = job_app.presence.connected(db, conn, user_id)?;
-            Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
-        }),
-        false => Err(ApiError::Unavailable),
-    };
-    match snapshot {
-        Ok((first, chats)) => {
-            if protocol == Protocol::Current {
-                let listed: Vec<_> = chats
-                    .iter()
-                    .map(|(chat_id, last_seq)| json!({ "chat_id": chat_id, "last_seq": last_seq }))
-                    .collect();
-                let ready = json!({ "type": "ready", "user": session.user, "chats": listed });
-                queue.offer(hub::text_frame(&ready.to_string()));
-            }
-            let chat_ids = chats.iter().map(|(chat_id, _)| *chat_id).collect();
-            app.hub.subscribe(conn, chats);
-            if first {
-                presence::announce(app, user_id, true, chat_ids);
-            }
-            read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
-        }
-        Err(_) => {
-            // The row may still be written by a job that ran late; the heartbeat deletes it.
-            app.presence.forget_later(conn, user_id);
-            shared.close(hub::CLOSE_INTERNAL);
-        }
+    if !app.hub.register(registration) {
+        return false;
     }
+    let job_app = app.clone();
+    let snapshot = app.jobs.run(move |db| {
+        let first = job_app.presence.connected(db, conn, user_id)?;
+        Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
+    });
+    let Ok((first, chats)) = snapshot else {
+        // The row may still be written by a job that ran late; the heartbeat deletes it.
+        app.presence.forget_later(conn, user_id);
+        return false;
+    };
+    if protocol == Protocol::Current {
+        let listed: Vec<_> =
+            chats.iter().map(|(chat_id, last_seq)| json!({ "chat_id": chat_id, "last_seq": last_seq })).collect();
+        let ready = json!({ "type": "ready", "user": session.user, "chats": listed });
+        queue.offer(hub::text_frame(&ready.to_string()));
+    }
+    let chat_ids = chats.iter().map(|(chat_id, _)| *chat_id).collect();
+    app.hub.subscribe(conn, chats);
+    if first {
+        presence::announce(app, user_id, true, chat_ids);
+    }
+    true
+}
+
+/// Takes the connection out of the hub, lets the writer finish, and forgets its presence.
+fn close(app: &Arc<App>, conn: hub::ConnId, user_id: i64, queue: &Queue, shared: &ConnShared) {
     app.hub.unregister(conn);
     shared.close(CLOSE_QUIETLY);
     queue.wake();
