@@ -129,8 +129,12 @@ impl Notifier {
         Ok(Notifier { queue })
     }
 
-    /// Queues a signal for other processes; never blocks.
+    /// Queues a signal for other processes; never blocks. Typing gives way
+    /// first: past half the queue it is dropped, leaving room for events.
     pub fn signal(&self, signal: Signal) {
+        if matches!(signal, Signal::Typing { .. }) && self.queue.len() > QUEUE / 2 {
+            return;
+        }
         let _ = self.queue.try_send(signal);
     }
 }

@@ -45,6 +45,8 @@ const READ_TICK: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A writer blocked this long on a client that does not read gives up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection's typing frames are passed on at most this often.
+const TYPING_EVERY: Duration = Duration::from_millis(300);
 /// Close code meaning "the close handshake is done; just end the socket".
 const CLOSE_QUIETLY: u16 = 1;
 
@@ -281,12 +283,13 @@ fn read(
     shared: &ConnShared,
 ) {
     let mut last_heard = Instant::now();
+    let mut last_typing = None;
     while shared.close_code().is_none() {
         match socket.read() {
             Ok(Message::Text(text)) => {
                 last_heard = Instant::now();
                 let answer = match protocol {
-                    Protocol::Current => answer(app, conn, user_id, text.as_bytes()),
+                    Protocol::Current => answer(app, conn, user_id, text.as_bytes(), &mut last_typing),
                     Protocol::Seed(chat_id) => answer_seed(app, user_id, chat_id, text.as_bytes()),
                 };
                 if let Some(answer) = answer {
@@ -310,7 +313,13 @@ fn read(
 }
 
 /// Answers one frame of the current protocol; `None` when nothing is owed.
-fn answer(app: &Arc<App>, conn: hub::ConnId, user_id: i64, frame: &[u8]) -> Option<serde_json::Value> {
+fn answer(
+    app: &Arc<App>,
+    conn: hub::ConnId,
+    user_id: i64,
+    frame: &[u8],
+    last_typing: &mut Option<Instant>,
+) -> Option<serde_json::Value> {
     let body = match http::parse_body(frame) {
         Ok(body) => body,
         Err(_) => return Some(ApiError::malformed("frame is not a JSON object").to_frame(None)),
@@ -319,7 +328,11 @@ fn answer(app: &Arc<App>, conn: hub::ConnId, user_id: i64, frame: &[u8]) -> Opti
     let outcome = match body.str("type") {
         Ok("ping") => Ok(Some(json!({ "type": "pong" }))),
         Ok("typing") => body.i64("chat_id").map(|chat_id| {
-            app.hub.typing(conn, chat_id);
+            // More typing frames than this say nothing new; they are dropped.
+            if last_typing.is_none_or(|at: Instant| at.elapsed() >= TYPING_EVERY) {
+                *last_typing = Some(Instant::now());
+                app.hub.typing(conn, chat_id);
+            }
             None
         }),
         Ok("read") => (|| {

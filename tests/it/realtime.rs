@@ -909,3 +909,29 @@ fn connections_past_ws_max_connections_are_closed_at_once() {
         try_connect(app.ws_addr, "/ws", &[("Authorization", &bearer(&alice.token))]).ok()
     });
 }
+
+#[test]
+fn a_burst_of_typing_frames_reaches_the_others_thinned_out() {
+    let app = spawn_app();
+    let alice = app.create_user();
+    let bob = app.create_user();
+    let chat_id = id_of(&create_group(&app, &alice, "Typing", &[&bob]));
+    let (mut alice_ws, _) = connect_ready(&app, &alice, "alice");
+    let (mut bob_ws, _) = connect_ready(&app, &bob, "bob");
+    alice_ws.recv_until(SOON, "bob's presence", |f| f["type"] == "presence");
+
+    for _ in 0..20 {
+        bob_ws.send_json(&json!({ "type": "typing", "chat_id": chat_id }));
+    }
+    bob_ws.ping_pong(SOON, "bob's frames were all read");
+
+    let mut typing = 0;
+    while let Incoming::Text(text) = alice_ws.next(Duration::from_millis(700)) {
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] == "typing" {
+            assert_eq!(frame, json!({ "type": "typing", "chat_id": chat_id, "user_id": bob.id }));
+            typing += 1;
+        }
+    }
+    assert!((1..20).contains(&typing), "some of bob's 20 typing frames reach alice, not all: {typing}");
+}
