@@ -100,12 +100,17 @@ pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 /// Checks a login (username or email) and password, under the failure limits.
 pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
+    let address_key = format!("addr:{}", ctx.client_address());
     if login.len() > MAX_LOGIN_BYTES {
-        // No account has such a login; refusing it early keeps the limiter's keys small.
+        // No account has such a login: it fails at once, counted against the
+        // address only, which keeps the limiter's keys small.
+        if let Err(retry_after_secs) = ctx.app.login_failures.check(&[&address_key]) {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        ctx.app.login_failures.record_failure(&[&address_key]);
         return Err(ApiError::InvalidCredentials);
     }
     let login_key = format!("login:{}", login.to_lowercase());
-    let address_key = format!("addr:{}", ctx.client_address());
     let keys = [login_key.as_str(), address_key.as_str()];
     if let Err(retry_after_secs) = ctx.app.login_failures.check(&keys) {
         return Err(ApiError::RateLimited { retry_after_secs });

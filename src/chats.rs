@@ -205,8 +205,11 @@ pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserI
         }
         let target_role = store::delete_member(tx, chat_id, target.0)?.ok_or(ApiError::NotFound)?;
         let seq = store::take_seq(tx, chat_id)?;
-        if target.0 != user_id && store::find_role(tx, chat_id, user_id)?.as_deref() != Some("owner") {
-            return Err(ApiError::Forbidden("only the owner can remove another member"));
+        if target.0 != user_id {
+            let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+            if role != "owner" {
+                return Err(ApiError::Forbidden("only the owner can remove another member"));
+            }
         }
         if target_role == "owner" {
             store::promote_longest_standing(tx, chat_id)?;

@@ -16,7 +16,7 @@
 //! `e <chat> <seq> [<added user>]`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`,
 //! `s <session>`, and `x` when the sender lost signals and everyone must catch up.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,35 +115,43 @@ fn decode_payload(payload: &str) -> Option<(i64, Vec<Signal>)> {
 #[derive(Clone)]
 pub struct Notifier {
     queue: Sender<Signal>,
+    /// Set when a signal could not even be queued; the next batch then says resync.
+    overflowed: Arc<AtomicBool>,
 }
 
 impl Notifier {
     /// Starts the thread that sends this process's signals.
     pub fn start(database_url: &str, process_id: i64) -> Result<Notifier, String> {
         let (queue, signals) = bounded(QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
         let db = Db::new(database_url)?;
+        let lost = overflowed.clone();
         std::thread::Builder::new()
             .name("notifier".into())
-            .spawn(move || send_batches(db, process_id, signals))
+            .spawn(move || send_batches(db, process_id, &signals, &lost))
             .map_err(|e| format!("cannot start the notifier thread: {e}"))?;
-        Ok(Notifier { queue })
+        Ok(Notifier { queue, overflowed })
     }
 
     /// Queues a signal for other processes; never blocks. Typing gives way
-    /// first: past half the queue it is dropped, leaving room for events.
+    /// first: past half the queue it is dropped, leaving room for the rest.
+    /// Anything else that finds the queue full is lost, and the next batch
+    /// tells the other processes to resync.
     pub fn signal(&self, signal: Signal) {
         if matches!(signal, Signal::Typing { .. }) && self.queue.len() > QUEUE / 2 {
             return;
         }
-        let _ = self.queue.try_send(signal);
+        if self.queue.try_send(signal).is_err() {
+            self.overflowed.store(true, Ordering::SeqCst);
+        }
     }
 }
 
-fn send_batches(mut db: Db, process_id: i64, signals: Receiver<Signal>) {
+fn send_batches(mut db: Db, process_id: i64, signals: &Receiver<Signal>, overflowed: &AtomicBool) {
     let mut lost = false;
     while let Ok(first) = signals.recv() {
         let mut payload = format!("{process_id}\n");
-        if lost {
+        if lost || overflowed.swap(false, Ordering::SeqCst) {
             payload.push_str(&Signal::Resync.encode());
             payload.push('\n');
         }
