@@ -199,9 +199,13 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
 /// deadlock; a second removal of the same member waits, then finds nothing.
 pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserId) -> Result<Reply, ApiError> {
     let event = ctx.db.transaction(|tx| {
-        store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
+        let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
         if !store::is_group(tx, chat_id)? {
             return Err(ApiError::Forbidden("nobody can leave or be removed from a direct chat"));
+        }
+        if target.0 != user_id && role != "owner" {
+            // Refused before any lock; checked again below once the chat is locked.
+            return Err(ApiError::Forbidden("only the owner can remove another member"));
         }
         let target_role = store::delete_member(tx, chat_id, target.0)?.ok_or(ApiError::NotFound)?;
         let seq = store::take_seq(tx, chat_id)?;

@@ -371,14 +371,17 @@ impl State {
         if !self.wanted(event.chat_id, event.joins()) {
             return;
         }
-        let followed = self.chats.contains_key(&event.chat_id);
+        let joins_here = self.joins_unfollowed(event.chat_id, event.joins());
         let chat =
             self.chats.entry(event.chat_id).or_insert_with(|| ChatState { next: event.seq, ..ChatState::default() });
+        if joins_here {
+            rewind(chat, event.seq);
+        }
         if event.seq >= chat.next {
             chat.held.insert(event.seq, event.clone());
         }
         self.drain(event.chat_id);
-        if !followed && event.joins().is_some() {
+        if joins_here {
             // Later events of this chat may have arrived, and been skipped, before
             // this one: read them from the table once.
             if let Some(chat) = self.chats.get_mut(&event.chat_id) {
@@ -391,11 +394,24 @@ impl State {
         if !self.wanted(chat_id, added) {
             return;
         }
+        let joins_here = self.joins_unfollowed(chat_id, added);
         let chat = self.chats.entry(chat_id).or_insert_with(|| ChatState { next: seq, ..ChatState::default() });
+        if joins_here {
+            rewind(chat, seq);
+        }
         chat.announced = chat.announced.max(seq);
         if seq >= chat.next && !chat.held.contains_key(&seq) {
             self.fetch(chat_id);
         }
+    }
+
+    /// Whether an event makes a user connected here a member of a chat that
+    /// nobody here follows yet. Such a chat's ordering state, if any, was
+    /// started by whatever event came first and delivered to nobody, so it
+    /// may be past this event: it is rewound to it.
+    fn joins_unfollowed(&self, chat_id: i64, joins: Option<i64>) -> bool {
+        let followed = self.chats.get(&chat_id).is_some_and(|chat| !chat.users.is_empty());
+        !followed && joins.is_some_and(|user_id| self.users.contains_key(&user_id))
     }
 
     fn fetched(&mut self, chat_id: i64, events: Option<Vec<Event>>) {
@@ -606,17 +622,24 @@ impl State {
         }
 
         let joined: HashSet<i64> = covered.keys().filter(|chat_id| !left.contains_key(chat_id)).copied().collect();
-        let entry = self.users.entry(user_id).or_insert_with(|| (Vec::new(), joined.clone()));
+        // The chats this user already follows here, through another connection.
+        let following: HashSet<i64> = self.users.get(&user_id).map(|(_, chats)| chats.clone()).unwrap_or_default();
+        let entry = self.users.entry(user_id).or_default();
         entry.0.push(conn_id);
+        entry.1.extend(joined.iter().copied());
 
         let mut replay: Vec<Arc<Event>> = Vec::new();
         let mut restarted = Vec::new();
         for (chat_id, seq) in &covered {
             let events = pending.iter().filter(|e| e.chat_id == *chat_id && e.seq > *seq);
-            if let Some(until) = left.get(chat_id) {
-                // Removed while pending: everything up to its own removal, from what was kept.
-                replay.extend(events.filter(|e| e.seq <= *until).cloned());
-                continue;
+            match left.get(chat_id) {
+                // Removed while pending, and not followed here otherwise: everything
+                // up to its own removal, from what was kept.
+                Some(until) if !following.contains(chat_id) => {
+                    replay.extend(events.filter(|e| e.seq <= *until).cloned());
+                    continue;
+                }
+                _ => {}
             }
             match self.chats.get_mut(chat_id) {
                 // Someone here is subscribed: the chat's order is settled up to `next`.
@@ -649,9 +672,12 @@ impl State {
         for chat_id in restarted {
             self.drain(chat_id);
         }
-        let all: Vec<i64> = self.chats.keys().copied().collect();
-        for chat_id in all {
-            self.forget_if_unwanted(chat_id);
+        if self.n_pending == 0 {
+            // Chats kept only for connections that were waiting can go now.
+            let all: Vec<i64> = self.chats.keys().copied().collect();
+            for chat_id in all {
+                self.forget_if_unwanted(chat_id);
+            }
         }
     }
 
@@ -732,6 +758,14 @@ impl Encoded {
             (Protocol::Seed(chat), Some((chat_id, frame))) if chat.0 == *chat_id => Some(frame),
             (Protocol::Seed(_), _) => None,
         }
+    }
+}
+
+/// Restarts a chat that nobody here follows at `seq`: what it delivered past
+/// that went to nobody, and is read again from the table.
+fn rewind(chat: &mut ChatState, seq: i64) {
+    if seq < chat.next {
+        chat.next = seq;
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::db::Db;
 use crate::hub::{Hub, Live};
@@ -149,13 +149,21 @@ impl Notifier {
 
 fn send_batches(mut db: Db, process_id: i64, signals: &Receiver<Signal>, overflowed: &AtomicBool) {
     let mut lost = false;
-    while let Ok(first) = signals.recv() {
-        let mut payload = format!("{process_id}\n");
+    loop {
+        // After a loss, the resync goes out within a second even if nothing else does.
+        let first = match lost {
+            false => signals.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            true => signals.recv_timeout(Duration::from_secs(1)),
+        };
+        let mut lines = match first {
+            Ok(signal) => vec![signal.encode()],
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         if lost || overflowed.swap(false, Ordering::SeqCst) {
-            payload.push_str(&Signal::Resync.encode());
-            payload.push('\n');
+            lines.insert(0, Signal::Resync.encode());
         }
-        payload.push_str(&first.encode());
+        let mut payload = format!("{process_id}\n{}", lines.join("\n"));
         while payload.len() < MAX_PAYLOAD - 64 {
             let Ok(next) = signals.try_recv() else { break };
             payload.push('\n');

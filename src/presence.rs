@@ -53,11 +53,11 @@ impl Presence {
         let process_id = self.process_id;
         let last = db.transaction(|tx| {
             store::lock_user(tx, user_id)?;
-            store::delete_presence(tx, process_id, conn as i64)?;
-            match store::count_presence(tx, user_id)? {
-                0 => store::list_chat_ids(tx, user_id).map(Some),
-                _ => Ok(None),
+            // No row (a connection that never opened, or one forgotten already): nothing to announce.
+            if !store::delete_presence(tx, process_id, conn as i64)? || store::count_presence(tx, user_id)? > 0 {
+                return Ok(None);
             }
+            store::list_chat_ids(tx, user_id).map(Some)
         });
         match last {
             Ok(Some(chat_ids)) => announce(app, user_id, false, chat_ids),
@@ -114,17 +114,19 @@ pub fn start_heartbeat(app: Arc<App>) -> Result<(), String> {
 /// Deletes the rows of processes that died without cleaning up, and
 /// announces "offline" for their users who have no connection left.
 fn bury_dead_processes(app: &App, db: &mut Db) {
-    let buried = db.sql().and_then(|mut sql| {
-        let mut offline = Vec::new();
-        for user_id in store::delete_dead_processes(&mut sql)? {
-            if store::count_presence(&mut sql, user_id)? == 0 {
-                offline.push((user_id, store::list_chat_ids(&mut sql, user_id)?));
+    let Ok(users) = db.sql().and_then(|mut sql| store::delete_dead_processes(&mut sql)) else { return };
+    for user_id in users {
+        // Under the user's lock, like every other presence change.
+        let offline = db.transaction(|tx| {
+            store::lock_user(tx, user_id)?;
+            match store::count_presence(tx, user_id)? {
+                0 => store::list_chat_ids(tx, user_id).map(Some),
+                _ => Ok(None),
             }
+        });
+        if let Ok(Some(chat_ids)) = offline {
+            announce(app, user_id, false, chat_ids);
         }
-        Ok(offline)
-    });
-    for (user_id, chat_ids) in buried.unwrap_or_default() {
-        announce(app, user_id, false, chat_ids);
     }
 }
 

@@ -322,11 +322,14 @@ pub fn delete_member(
     Ok(row.map(|row| row.get(0)))
 }
 
-/// Makes the member who joined first the owner.
+/// Makes the member who joined first the owner. A member whose row another
+/// removal holds is passed over (`SKIP LOCKED`): waiting for it would take a
+/// member row after the chat row, against the lock order, and deadlock.
 pub fn promote_longest_standing(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<(), ApiError> {
     sql.execute(
         "UPDATE chat_members SET role = 'owner' WHERE chat_id = $1 AND user_id =
-            (SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY joined_at, user_id LIMIT 1)",
+            (SELECT user_id FROM chat_members WHERE chat_id = $1
+             ORDER BY joined_at, user_id LIMIT 1 FOR KEY SHARE SKIP LOCKED)",
         &[&chat_id.0],
     )?;
     Ok(())
@@ -669,9 +672,11 @@ pub fn insert_presence(
     Ok(())
 }
 
-pub fn delete_presence(sql: &mut Sql<impl GenericClient>, process_id: i64, conn_id: i64) -> Result<(), ApiError> {
-    sql.execute("DELETE FROM presence WHERE process_id = $1 AND conn_id = $2", &[&process_id, &conn_id])?;
-    Ok(())
+/// Forgets a connection's row; `false` if there was none.
+pub fn delete_presence(sql: &mut Sql<impl GenericClient>, process_id: i64, conn_id: i64) -> Result<bool, ApiError> {
+    let deleted =
+        sql.execute("DELETE FROM presence WHERE process_id = $1 AND conn_id = $2", &[&process_id, &conn_id])?;
+    Ok(deleted == 1)
 }
 
 /// How many WebSockets the user has open on live processes.

@@ -10,6 +10,7 @@
 //! interleave. Threads get small stacks and tungstenite small buffers, so an
 //! idle connection costs little memory.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -45,7 +46,7 @@ const READ_TICK: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A writer blocked this long on a client that does not read gives up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connection's typing frames are passed on at most this often.
+/// A connection's typing frames for one chat are passed on at most this often.
 const TYPING_EVERY: Duration = Duration::from_millis(300);
 /// Close code meaning "the close handshake is done; just end the socket".
 const CLOSE_QUIETLY: u16 = 1;
@@ -66,7 +67,7 @@ pub fn listen(app: Arc<App>, listener: TcpListener) -> Result<(), String> {
                         let spawned = std::thread::Builder::new()
                             .name("ws-read".into())
                             .stack_size(STACK_SIZE)
-                            .spawn(move || serve(&slot.app, stream));
+                            .spawn(move || serve(Arc::new(slot), stream));
                         if let Err(error) = spawned {
                             server::log(&app, LogLevel::Error, &format!("cannot start a WebSocket thread: {error}"));
                         }
@@ -83,8 +84,8 @@ pub fn listen(app: Arc<App>, listener: TcpListener) -> Result<(), String> {
     Ok(())
 }
 
-/// One of the `WS_MAX_CONNECTIONS` places, held by a connection's thread
-/// and given back when it ends, however it ends.
+/// One of the `WS_MAX_CONNECTIONS` places, held by a connection's reader
+/// and writer threads and given back when both have ended, however they end.
 struct Slot {
     app: Arc<App>,
 }
@@ -111,18 +112,19 @@ struct Accepted {
 }
 
 /// One connection, on its reader thread, from handshake to close.
-fn serve(app: &Arc<App>, stream: TcpStream) {
+fn serve(slot: Arc<Slot>, stream: TcpStream) {
+    let app = &slot.app;
     let Ok(write_half) = stream.try_clone() else { return };
     let Some((mut socket, accepted)) = handshake(app, stream) else { return };
     let (queue, frames) = Queue::new(app.config.ws_queue);
     socket.get_mut().replies = Some(queue.clone());
     let shared = Arc::new(ConnShared::default());
     let writer = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("ws-write".into())
-            .stack_size(STACK_SIZE)
-            .spawn(move || write(write_half, &frames, &shared))
+        let (shared, slot) = (shared.clone(), slot.clone());
+        std::thread::Builder::new().name("ws-write".into()).stack_size(STACK_SIZE).spawn(move || {
+            write(write_half, &frames, &shared);
+            drop(slot);
+        })
     };
     if writer.is_err() {
         return;
@@ -283,7 +285,7 @@ fn read(
     shared: &ConnShared,
 ) {
     let mut last_heard = Instant::now();
-    let mut last_typing = None;
+    let mut last_typing = HashMap::new();
     while shared.close_code().is_none() {
         match socket.read() {
             Ok(Message::Text(text)) => {
@@ -318,7 +320,7 @@ fn answer(
     conn: hub::ConnId,
     user_id: i64,
     frame: &[u8],
-    last_typing: &mut Option<Instant>,
+    last_typing: &mut HashMap<i64, Instant>,
 ) -> Option<serde_json::Value> {
     let body = match http::parse_body(frame) {
         Ok(body) => body,
@@ -328,9 +330,10 @@ fn answer(
     let outcome = match body.str("type") {
         Ok("ping") => Ok(Some(json!({ "type": "pong" }))),
         Ok("typing") => body.i64("chat_id").map(|chat_id| {
-            // More typing frames than this say nothing new; they are dropped.
-            if last_typing.is_none_or(|at: Instant| at.elapsed() >= TYPING_EVERY) {
-                *last_typing = Some(Instant::now());
+            // More typing frames for a chat than this say nothing new; they are dropped.
+            last_typing.retain(|_, at: &mut Instant| at.elapsed() < TYPING_EVERY);
+            if let std::collections::hash_map::Entry::Vacant(slot) = last_typing.entry(chat_id) {
+                slot.insert(Instant::now());
                 app.hub.typing(conn, chat_id);
             }
             None
@@ -379,10 +382,13 @@ fn write(mut stream: TcpStream, frames: &Receiver<Out>, shared: &ConnShared) {
     loop {
         match shared.close_code() {
             Some(CLOSE_QUIETLY) => {
-                // The reader is done; what it queued (a close reply, say) still goes out.
+                // The reader is done; what it queued (a close reply, say) still
+                // goes out, unless the client has stopped taking it.
                 while let Ok(out) = frames.try_recv() {
                     if let Out::Frame(bytes) = out {
-                        let _ = stream.write_all(&bytes);
+                        if stream.write_all(&bytes).is_err() {
+                            break;
+                        }
                     }
                 }
                 break;

@@ -756,3 +756,33 @@ fn leaving_twice_at_once_removes_the_member_once() {
         assert_eq!(removals, 1, "round {round}: one member.removed event");
     }
 }
+
+#[test]
+fn the_owner_and_its_heir_leaving_at_once_both_succeed() {
+    let app = spawn_app();
+    for round in 0..6 {
+        let (owner, heir, third) = (app.create_user(), app.create_user(), app.create_user());
+        let chat_id = id_of(&create_group(&app, &owner, "Exodus", &[&heir, &third]));
+        let barrier = Barrier::new(2);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let leaves: Vec<_> = [&owner, &heir]
+                .into_iter()
+                .map(|user| {
+                    let barrier = &barrier;
+                    let app = &app;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        app.delete(&format!("/api/chats/{chat_id}/members/{}", user.id), Some(&user.token)).status
+                    })
+                })
+                .collect();
+            leaves.into_iter().map(|leave| leave.join().unwrap()).collect()
+        });
+
+        assert_eq!(statuses, vec![204, 204], "round {round}: both leave, neither hits a deadlock");
+        let chat = get_chat(&app, &third, chat_id);
+        let members = chat["members"].as_array().unwrap();
+        assert_eq!(members.len(), 1, "round {round}: only the third member is left: {chat}");
+        assert_eq!(role_of(&chat, &third).as_deref(), Some("owner"), "round {round}: and owns the group: {chat}");
+    }
+}
