@@ -935,3 +935,15 @@ fn a_burst_of_typing_frames_reaches_the_others_thinned_out() {
     }
     assert!((1..20).contains(&typing), "some of bob's 20 typing frames reach alice, not all: {typing}");
 }
+
+#[test]
+fn stopping_the_server_closes_every_socket_with_1001() {
+    let app = spawn_app();
+    let alice = app.create_user();
+    let (mut ws, _) = connect_ready(&app, &alice, "alice");
+
+    drop(app);
+
+    let closed = ws.expect_close(SOON, "the server stopping");
+    assert_eq!(closed.code, Some(1001), "closed with 1001 (going away)");
+}
