@@ -106,41 +106,61 @@ impl Drop for Slot {
 }
 
 /// Who connected, and how they want events.
-struct Accepted {
+struct Authorized {
     session: Session,
     protocol: Protocol,
+}
+
+/// A connection the hub knows, with its presence recorded and its `ready`
+/// snapshot read, all before the handshake's answer: whatever commits after
+/// the client sees the upgrade reaches it, also on the seed's socket, which
+/// has no `ready` frame to catch up from.
+struct Opened {
+    session: Session,
+    protocol: Protocol,
+    /// Each chat's `(chat_id, last_seq)`.
+    chats: Vec<(i64, i64)>,
+    /// Whether this is the user's only connection anywhere.
+    first: bool,
 }
 
 /// One connection, on its reader thread, from handshake to close.
 fn serve(slot: Arc<Slot>, stream: TcpStream) {
     let app = &slot.app;
     let Ok(write_half) = stream.try_clone() else { return };
-    let Some((mut socket, accepted)) = handshake(app, stream) else { return };
-    let (queue, frames) = Queue::new(app.config.ws_queue);
-    socket.get_mut().replies = Some(queue.clone());
-    let shared = Arc::new(ConnShared::default());
-    let writer = {
-        let (shared, slot) = (shared.clone(), slot.clone());
-        std::thread::Builder::new().name("ws-write".into()).stack_size(STACK_SIZE).spawn(move || {
-            write(write_half, &frames, &shared);
-            drop(slot);
-        })
-    };
-    if writer.is_err() {
-        return;
-    }
     let conn = app.next_conn.fetch_add(1, Ordering::SeqCst);
-    let (user_id, protocol) = (accepted.session.user.id, accepted.protocol);
-    if open(app, conn, accepted, &queue, &shared) {
-        read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
-    } else {
-        shared.close(hub::CLOSE_INTERNAL);
+    let (queue, frames) = Queue::new(app.config.ws_queue);
+    let shared = Arc::new(ConnShared::default());
+    let (socket, opened) = handshake(app, stream, conn, &queue, &shared);
+    let Some(opened) = opened else { return };
+    let (user_id, protocol) = (opened.session.user.id, opened.protocol);
+    if let Some(mut socket) = socket {
+        socket.get_mut().replies = Some(queue.clone());
+        let writer = {
+            let (shared, slot) = (shared.clone(), slot.clone());
+            std::thread::Builder::new().name("ws-write".into()).stack_size(STACK_SIZE).spawn(move || {
+                write(write_half, &frames, &shared);
+                drop(slot);
+            })
+        };
+        if writer.is_ok() {
+            subscribe(app, conn, opened, &queue);
+            read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
+        }
     }
     close(app, conn, user_id, &queue, &shared);
 }
 
-/// Runs tungstenite's handshake with the credential checked inside it.
-fn handshake(app: &Arc<App>, stream: TcpStream) -> Option<(WebSocket<ReadSide>, Accepted)> {
+/// Runs tungstenite's handshake; inside it, checks the credential and opens
+/// the connection. Returns the socket if the upgrade went through, and the
+/// opened connection if it was opened (which `close` must then undo).
+fn handshake(
+    app: &Arc<App>,
+    stream: TcpStream,
+    conn: hub::ConnId,
+    queue: &Queue,
+    shared: &Arc<ConnShared>,
+) -> (Option<WebSocket<ReadSide>>, Option<Opened>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
@@ -151,44 +171,64 @@ fn handshake(app: &Arc<App>, stream: TcpStream) -> Option<(WebSocket<ReadSide>, 
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let side = ReadSide { stream, replies: None, handshake_deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT) };
-    let mut accepted = None;
+    let mut opened = None;
     // tungstenite's callback type fixes the large `ErrorResponse`.
     #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| match authorize(app, request) {
-        Ok(who) => {
-            accepted = Some(who);
+    let callback = |request: &Request, response: Response| match authorize(app, request)
+        .and_then(|who| open(app, conn, who, queue, shared))
+    {
+        Ok(connection) => {
+            opened = Some(connection);
             Ok(response)
         }
         Err(error) => Err(reject(&error)),
     };
-    let mut socket = tungstenite::accept_hdr_with_config(side, callback, Some(config)).ok()?;
-    let accepted = accepted?;
-    socket.get_mut().handshake_deadline = None;
-    let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
-    let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    Some((socket, accepted))
+    let mut socket = tungstenite::accept_hdr_with_config(side, callback, Some(config)).ok();
+    if let Some(socket) = &mut socket {
+        socket.get_mut().handshake_deadline = None;
+        let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
+        let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    }
+    (socket, opened)
 }
 
-/// Registers the connection with the hub, records its presence, reads the
-/// `ready` snapshot and subscribes; `false` if any of it failed.
-fn open(app: &Arc<App>, conn: hub::ConnId, accepted: Accepted, queue: &Queue, shared: &Arc<ConnShared>) -> bool {
-    let Accepted { session, protocol } = accepted;
+/// Registers the connection with the hub, records its presence and reads
+/// its snapshot; undoes what it did if any of it fails (`503`).
+fn open(
+    app: &Arc<App>,
+    conn: hub::ConnId,
+    authorized: Authorized,
+    queue: &Queue,
+    shared: &Arc<ConnShared>,
+) -> Result<Opened, ApiError> {
+    let Authorized { session, protocol } = authorized;
     let user_id = session.user.id;
     let registration =
         Registration { conn, user_id, session_id: session.id, protocol, queue: queue.clone(), shared: shared.clone() };
     if !app.hub.register(registration) {
-        return false;
+        app.hub.unregister(conn);
+        return Err(ApiError::Unavailable);
     }
     let job_app = app.clone();
     let snapshot = app.jobs.run(move |db| {
         let first = job_app.presence.connected(db, conn, user_id)?;
         Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
     });
-    let Ok((first, chats)) = snapshot else {
-        // The row may still be written by a job that ran late; the heartbeat deletes it.
-        app.presence.forget_later(conn, user_id);
-        return false;
-    };
+    match snapshot {
+        Ok((first, chats)) => Ok(Opened { session, protocol, chats, first }),
+        Err(error) => {
+            app.hub.unregister(conn);
+            // The row may still be written by a job that ran late; the heartbeat deletes it.
+            app.presence.forget_later(conn, user_id);
+            Err(error)
+        }
+    }
+}
+
+/// Sends the `ready` frame, then lets the hub route the user's chats to the
+/// connection, and announces the user if it just came online.
+fn subscribe(app: &Arc<App>, conn: hub::ConnId, opened: Opened, queue: &Queue) {
+    let Opened { session, protocol, chats, first } = opened;
     if protocol == Protocol::Current {
         let listed: Vec<_> =
             chats.iter().map(|(chat_id, last_seq)| json!({ "chat_id": chat_id, "last_seq": last_seq })).collect();
@@ -198,9 +238,8 @@ fn open(app: &Arc<App>, conn: hub::ConnId, accepted: Accepted, queue: &Queue, sh
     let chat_ids = chats.iter().map(|(chat_id, _)| *chat_id).collect();
     app.hub.subscribe(conn, chats);
     if first {
-        presence::announce(app, user_id, true, chat_ids);
+        presence::announce(app, session.user.id, true, chat_ids);
     }
-    true
 }
 
 /// Takes the connection out of the hub, lets the writer finish, and forgets its presence.
@@ -219,7 +258,7 @@ fn close(app: &Arc<App>, conn: hub::ConnId, user_id: i64, queue: &Queue, shared:
 }
 
 /// Checks the path, origin and credential inside the handshake.
-fn authorize(app: &Arc<App>, request: &Request) -> Result<Accepted, ApiError> {
+fn authorize(app: &Arc<App>, request: &Request) -> Result<Authorized, ApiError> {
     if request.uri().path() != "/ws" {
         return Err(ApiError::NotFound);
     }
@@ -261,7 +300,7 @@ fn authorize(app: &Arc<App>, request: &Request) -> Result<Accepted, ApiError> {
             Protocol::Seed(chat_id)
         }
     };
-    Ok(Accepted { session, protocol })
+    Ok(Authorized { session, protocol })
 }
 
 /// The handshake's refusal: the contract's error body with its status.
