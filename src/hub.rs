@@ -46,7 +46,6 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_LAGGING: u16 = 4008;
 pub const CLOSE_LOGGED_OUT: u16 = 4001;
 pub const CLOSE_IDLE: u16 = 4000;
-pub const CLOSE_INTERNAL: u16 = 1011;
 
 pub type ConnId = u64;
 
