@@ -18,7 +18,7 @@ use crate::http::Reply;
 use crate::messages::Message;
 use crate::router::{ChatId, UserId};
 use crate::server::Ctx;
-use crate::store;
+use crate::store::{self, Stored};
 
 /// The most members a group can have, its owner included.
 pub const MAX_MEMBERS: usize = 1001;
@@ -157,7 +157,7 @@ pub fn update_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply
         lock_as_owner(tx, chat_id, user_id)?;
         let seq = store::take_seq(tx, chat_id)?;
         let info = store::update_chat_title(tx, chat_id, &title)?;
-        let created_at = store::insert_event(tx, chat_id, seq, "chat.updated", user_id, &json!(info))?;
+        let created_at = store::insert_event(tx, chat_id, seq, "chat.updated", user_id, Stored::Payload(&json!(info)))?;
         let payload = Payload::Chat(info);
         Ok(Event { chat_id: chat_id.0, seq, kind: "chat.updated", created_at, actor_id: user_id, payload })
     })?;
@@ -247,6 +247,6 @@ fn member_event(
     member: Member,
 ) -> Result<Event, ApiError> {
     let payload: Value = json!(member);
-    let created_at = store::insert_event(tx, chat_id, seq, kind, actor_id, &payload)?;
+    let created_at = store::insert_event(tx, chat_id, seq, kind, actor_id, Stored::Payload(&payload))?;
     Ok(Event { chat_id: chat_id.0, seq, kind, created_at, actor_id, payload: Payload::Member(member) })
 }

@@ -20,7 +20,7 @@ use crate::http::Reply;
 use crate::hub::Live;
 use crate::router::{ChatId, MessageId};
 use crate::server::{App, Ctx};
-use crate::store;
+use crate::store::{self, Stored};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Message {
@@ -147,7 +147,8 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
         }
         let (seq, _) = take_seq_as_member(tx, user_id, chat_id)?;
         let message = store::update_message_content(tx, message_id, content)?;
-        let created_at = store::insert_message_event(tx, chat_id, seq, "message.updated", user_id, message_id)?;
+        let created_at =
+            store::insert_event(tx, chat_id, seq, "message.updated", user_id, Stored::Message(message_id))?;
         let event = message.event("message.updated", user_id, seq, created_at);
         Ok((message, event))
     })?;
@@ -168,7 +169,8 @@ pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: 
             return Err(ApiError::Forbidden("only the sender or the group's owner can delete a message"));
         }
         let message = store::tombstone_message(tx, message_id)?;
-        let created_at = store::insert_message_event(tx, chat_id, seq, "message.deleted", user_id, message_id)?;
+        let created_at =
+            store::insert_event(tx, chat_id, seq, "message.deleted", user_id, Stored::Message(message_id))?;
         Ok(Some(message.event("message.deleted", user_id, seq, created_at)))
     })?;
     if let Some(event) = event {

@@ -362,34 +362,30 @@ pub fn take_seq(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<i6
     Ok(row.get(0))
 }
 
-/// Appends a chat or member event with its payload; returns its time.
+/// What a stored event carries: a message event points at the message, so
+/// a read shows its current state; chat and member events keep their payload.
+pub enum Stored<'a> {
+    Payload(&'a Value),
+    Message(MessageId),
+}
+
+/// Appends an event to a chat's log; returns its time.
 pub fn insert_event(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
     seq: i64,
     kind: &str,
     actor_id: i64,
-    payload: &Value,
+    stored: Stored,
 ) -> Result<OffsetDateTime, ApiError> {
+    let (payload, message_id) = match stored {
+        Stored::Payload(payload) => (Some(payload), None),
+        Stored::Message(message_id) => (None, Some(message_id.0)),
+    };
     let row = sql.query_one(
-        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload) VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
-        &[&chat_id.0, &seq, &kind, &actor_id, payload],
-    )?;
-    Ok(row.get(0))
-}
-
-/// Appends a message event, which shows the message's current state when read.
-pub fn insert_message_event(
-    sql: &mut Sql<impl GenericClient>,
-    chat_id: ChatId,
-    seq: i64,
-    kind: &str,
-    actor_id: i64,
-    message_id: MessageId,
-) -> Result<OffsetDateTime, ApiError> {
-    let row = sql.query_one(
-        "INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id) VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
-        &[&chat_id.0, &seq, &kind, &actor_id, &message_id.0],
+        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload, message_id) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING created_at",
+        &[&chat_id.0, &seq, &kind, &actor_id, &payload, &message_id],
     )?;
     Ok(row.get(0))
 }
