@@ -113,8 +113,7 @@ impl ApiError {
             error["field"] = json!(field);
         }
         if let ApiError::UpgradeRequired { ws_url } = self {
-            // The contract names a `ws_url` field without saying where: both places.
-            error["ws_url"] = json!(ws_url);
+            // The contract's "error shape and a `ws_url` field": beside `error`, which keeps its shape.
             return json!({ "error": error, "ws_url": ws_url });
         }
         json!({ "error": error })

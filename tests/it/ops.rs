@@ -160,8 +160,8 @@ fn ws_on_the_http_port_answers_426_naming_the_websocket_address() {
         resp.assert_status(426, "GET /ws on the HTTP port");
         let body = resp.json();
         assert_keys(&body, &["error", "ws_url"], "426 body");
-        let error = &body["error"];
-        assert!(error["code"].is_string() && error["message"].is_string(), "{resp:?}");
+        assert_keys(&body["error"], &["code", "message"], "426 error object");
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{resp:?}");
         let ws_url = body["ws_url"].as_str().unwrap_or_else(|| panic!("ws_url: {resp:?}"));
         assert!(ws_url.starts_with("ws://"), "ws_url {ws_url:?} is not a ws:// URL");
         assert!(ws_url.ends_with("/ws"), "ws_url {ws_url:?} does not name /ws");
