@@ -4,35 +4,15 @@
 //! A wrong password and an unknown login take the same time and give the
 //! same body: an unknown login still pays for one password hash.
 
-use serde::Serialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::auth::{self, Session};
+use crate::app::Ctx;
+use crate::auth;
 use crate::error::ApiError;
 use crate::http::{Body, Reply};
-use crate::notify::Signal;
-use crate::router::UserId;
-use crate::server::{App, Ctx};
+use crate::model::{rfc3339, Me, Session, UserId};
 use crate::store;
-
-/// The caller's own account.
-#[derive(Clone, Debug, Serialize)]
-pub struct Me {
-    pub id: i64,
-    pub username: String,
-    pub email: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-}
-
-/// Anyone else's account: never their email.
-#[derive(Debug, Serialize)]
-pub struct User {
-    pub id: i64,
-    pub username: String,
-    pub online: bool,
-}
 
 /// A valid sign-up, checked field by field.
 pub struct NewUser<'a> {
@@ -132,7 +112,7 @@ pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, Ap
     let (token, token_hash) = auth::new_token();
     let ttl = ctx.app.config.token_ttl;
     let expires_at = store::insert_session(&mut ctx.db.sql()?, &token_hash, user.id, ttl)?;
-    ctx.user_id = Some(UserId(user.id));
+    ctx.user_id = Some(user.id);
     Ok(LoggedIn { token, expires_at, user })
 }
 
@@ -144,23 +124,15 @@ pub fn get_me(session: &Session) -> Result<Reply, ApiError> {
 /// `DELETE /api/sessions/current`
 pub fn delete_current_session(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
     store::delete_session(&mut ctx.db.sql()?, session.id)?;
-    close_sockets(ctx.app, vec![session.id]);
+    ctx.app.end_sessions(vec![session.id]);
     Ok(Reply::no_content())
 }
 
 /// `DELETE /api/sessions`
 pub fn delete_all_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
     let ended = store::delete_user_sessions(&mut ctx.db.sql()?, session.user.id)?;
-    close_sockets(ctx.app, ended);
+    ctx.app.end_sessions(ended);
     Ok(Reply::no_content())
-}
-
-/// Closes the WebSockets of ended sessions, on this process and the others.
-fn close_sockets(app: &App, session_ids: Vec<i64>) {
-    for session_id in &session_ids {
-        app.notifier.signal(Signal::SessionEnded { session_id: *session_id });
-    }
-    app.hub.sessions_ended(session_ids);
 }
 
 /// `POST /api/ws-tickets`: a signed pass for browsers, which cannot set headers on a WebSocket.
@@ -184,9 +156,4 @@ pub fn search_users(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 pub fn get_user(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let user = store::find_user(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::NotFound)?;
     Ok(Reply::json(200, &user))
-}
-
-/// RFC 3339 in UTC with a `Z`, as every timestamp of the API.
-pub fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339).expect("timestamps from PostgreSQL are in range")
 }

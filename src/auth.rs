@@ -11,17 +11,10 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::accounts::Me;
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::model::{Session, SessionId};
 use crate::store;
-
-/// An authenticated caller: the session that made the request and its user.
-#[derive(Clone, Debug)]
-pub struct Session {
-    pub id: i64,
-    pub user: Me,
-}
 
 /// Fills a fresh array from the operating system's random source.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -87,7 +80,7 @@ pub const TICKET_TTL_SECS: i64 = 60;
 
 /// A signed ticket: `session_id.expires_unix.nonce.mac`, all base64url or
 /// decimal, so it travels in a URL as it is.
-pub fn sign_ticket(key: &[u8], session_id: i64, expires_unix: i64) -> String {
+pub fn sign_ticket(key: &[u8], session_id: SessionId, expires_unix: i64) -> String {
     let nonce = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
     let signed = format!("{session_id}.{expires_unix}.{nonce}");
     let mac = URL_SAFE_NO_PAD.encode(ticket_mac(key, &signed).finalize().into_bytes());
@@ -97,7 +90,7 @@ pub fn sign_ticket(key: &[u8], session_id: i64, expires_unix: i64) -> String {
 /// A ticket whose signature checks out; expiry and single use are the caller's.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Ticket {
-    pub session_id: i64,
+    pub session_id: SessionId,
     pub expires_unix: i64,
     pub nonce: String,
 }
@@ -108,7 +101,7 @@ pub fn verify_ticket(key: &[u8], ticket: &str) -> Option<Ticket> {
     let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
     ticket_mac(key, signed).verify_slice(&mac).ok()?;
     let mut parts = signed.split('.');
-    let session_id = parts.next()?.parse().ok()?;
+    let session_id = SessionId(parts.next()?.parse().ok()?);
     let expires_unix = parts.next()?.parse().ok()?;
     let nonce = parts.next()?.to_string();
     parts.next().is_none().then_some(Ticket { session_id, expires_unix, nonce })
@@ -177,9 +170,9 @@ mod tests {
 
     #[test]
     fn tickets_verify_only_with_their_key_and_untouched() {
-        let ticket = sign_ticket(b"key one", 7, 1_900_000_000);
+        let ticket = sign_ticket(b"key one", SessionId(7), 1_900_000_000);
         let parsed = verify_ticket(b"key one", &ticket).unwrap();
-        assert_eq!((parsed.session_id, parsed.expires_unix), (7, 1_900_000_000));
+        assert_eq!((parsed.session_id, parsed.expires_unix), (SessionId(7), 1_900_000_000));
         assert_eq!(verify_ticket(b"key two", &ticket), None);
         let forged = ticket.replacen("7.", "8.", 1);
         assert_eq!(verify_ticket(b"key one", &forged), None);

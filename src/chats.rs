@@ -7,58 +7,17 @@
 //! unique index rather than a read-then-write.
 
 use postgres::GenericClient;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use time::OffsetDateTime;
+use serde_json::json;
 
+use crate::app::Ctx;
 use crate::db::Sql;
 use crate::error::ApiError;
-use crate::events::{self, Event, Payload};
 use crate::http::Reply;
-use crate::messages::Message;
-use crate::router::{ChatId, UserId};
-use crate::server::Ctx;
-use crate::store::{self, Stored};
+use crate::model::{Chat, ChatId, EventKind, Member, NewChat, Payload, UserId};
+use crate::store;
 
 /// The most members a group can have, its owner included.
 pub const MAX_MEMBERS: usize = 1001;
-
-#[derive(Debug, Serialize)]
-pub struct Chat {
-    pub id: i64,
-    pub is_group: bool,
-    pub title: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    pub members: Vec<Member>,
-    pub last_seq: i64,
-    pub last_read_seq: i64,
-    pub unread_count: i64,
-    pub last_message: Option<Message>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Member {
-    pub id: i64,
-    pub username: String,
-    pub role: String,
-}
-
-/// What `chat.*` events carry.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ChatInfo {
-    pub id: i64,
-    pub is_group: bool,
-    pub title: Option<String>,
-}
-
-/// A checked request to create a chat.
-pub struct NewChat {
-    pub is_group: bool,
-    pub title: Option<String>,
-    /// The other members, without the creator, without repeats.
-    pub member_ids: Vec<i64>,
-}
 
 /// A group title: 1 to 100 characters.
 pub fn parse_title(title: &str) -> Result<String, ApiError> {
@@ -68,34 +27,32 @@ pub fn parse_title(title: &str) -> Result<String, ApiError> {
     Ok(title.to_string())
 }
 
-impl NewChat {
-    /// Checks the shape rules; whether the users exist is checked when storing.
-    pub fn new(
-        creator: i64,
-        is_group: bool,
-        title: Option<&str>,
-        mut member_ids: Vec<i64>,
-    ) -> Result<NewChat, ApiError> {
-        let title = title.map(parse_title).transpose()?;
-        member_ids.sort_unstable();
-        member_ids.dedup();
-        member_ids.retain(|id| *id != creator);
-        if is_group {
-            if title.is_none() {
-                return Err(ApiError::invalid("title", "a group needs a title"));
-            }
-            if member_ids.len() > MAX_MEMBERS - 1 {
-                return Err(ApiError::invalid("member_ids", "a group takes at most 1000 other members"));
-            }
-        } else if member_ids.len() != 1 {
-            return Err(ApiError::invalid("member_ids", "a direct chat needs exactly one other user"));
+/// Checks a new chat's shape; whether the users exist is checked when storing.
+pub fn parse_new_chat(
+    creator: UserId,
+    is_group: bool,
+    title: Option<&str>,
+    mut member_ids: Vec<UserId>,
+) -> Result<NewChat, ApiError> {
+    let title = title.map(parse_title).transpose()?;
+    member_ids.sort_unstable();
+    member_ids.dedup();
+    member_ids.retain(|id| *id != creator);
+    if is_group {
+        if title.is_none() {
+            return Err(ApiError::invalid("title", "a group needs a title"));
         }
-        Ok(NewChat { is_group, title, member_ids })
+        if member_ids.len() > MAX_MEMBERS - 1 {
+            return Err(ApiError::invalid("member_ids", "a group takes at most 1000 other members"));
+        }
+    } else if member_ids.len() != 1 {
+        return Err(ApiError::invalid("member_ids", "a direct chat needs exactly one other user"));
     }
+    Ok(NewChat { is_group, title, member_ids })
 }
 
 /// `POST /api/chats`
-pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
+pub fn create_chat(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
     let is_group = body.bool("is_group")?;
     let title = body.opt_str("title")?;
@@ -103,12 +60,13 @@ pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
     let listed =
         body.opt_array("member_ids")?.ok_or_else(|| ApiError::invalid("member_ids", "member_ids is required"))?;
     for id in listed {
-        member_ids.push(id.as_i64().ok_or_else(|| ApiError::invalid("member_ids", "member_ids must hold user ids"))?);
+        let id = id.as_i64().ok_or_else(|| ApiError::invalid("member_ids", "member_ids must hold user ids"))?;
+        member_ids.push(UserId(id));
     }
     if member_ids.len() > MAX_MEMBERS * 2 {
         return Err(ApiError::invalid("member_ids", "a group takes at most 1000 other members"));
     }
-    let new_chat = NewChat::new(user_id, is_group, title, member_ids)?;
+    let new_chat = parse_new_chat(user_id, is_group, title, member_ids)?;
     let (chat_id, created) = create(ctx, user_id, &new_chat)?;
     let chat = load_chat(ctx, user_id, chat_id)?;
     Ok(Reply::json(if created { 201 } else { 200 }, &chat))
@@ -116,59 +74,60 @@ pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
 
 /// Stores a chat with its members and first events; a direct chat that
 /// exists already is returned as it is (`false`).
-pub fn create(ctx: &mut Ctx, user_id: i64, new_chat: &NewChat) -> Result<(ChatId, bool), ApiError> {
-    let outcome = ctx.db.transaction(|tx| {
+pub fn create(ctx: &mut Ctx, user_id: UserId, new_chat: &NewChat) -> Result<(ChatId, bool), ApiError> {
+    let (chat_id, events) = ctx.db.transaction(|tx| {
         if store::count_users(tx, &new_chat.member_ids)? != new_chat.member_ids.len() as i64 {
             return Err(ApiError::invalid("member_ids", "member_ids holds a user that does not exist"));
         }
-        let Some(chat_id) = store::insert_chat(tx, user_id, new_chat)? else {
+        let Some((info, members)) = store::insert_chat(tx, user_id, new_chat)? else {
             let other = new_chat.member_ids[0];
-            let existing = store::find_direct_chat(tx, user_id, other)?.ok_or(ApiError::Unavailable)?;
+            let existing = store::find_direct_chat(tx, user_id, other)?
+                .ok_or_else(|| ApiError::unavailable("a direct chat that conflicted was not found"))?;
             return Ok((existing, Vec::new()));
         };
-        Ok((chat_id, store::list_events(tx, chat_id, 0, MAX_MEMBERS as i64 + 1)?))
+        let chat_id = info.id;
+        let mut changes = vec![(EventKind::ChatCreated, Payload::Chat(info))];
+        changes.extend(members.into_iter().map(|member| (EventKind::MemberAdded, Payload::Member(member))));
+        Ok((chat_id, store::insert_events(tx, chat_id, 1, user_id, changes)?))
     })?;
-    let (chat_id, events) = outcome;
-    let created = !events.is_empty();
-    events::publish(ctx.app, &events);
-    Ok((chat_id, created))
+    ctx.app.publish(&events);
+    Ok((chat_id, !events.is_empty()))
 }
 
 /// `GET /api/chats`
-pub fn list_chats(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
+pub fn list_chats(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let chats = store::list_chats(&mut ctx.db.sql()?, user_id, None)?;
     Ok(Reply::json(200, &json!({ "chats": chats })))
 }
 
 /// `GET /api/chats/{id}`
-pub fn get_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn get_chat(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &load_chat(ctx, user_id, chat_id)?))
 }
 
-fn load_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Chat, ApiError> {
+/// The chat as its member sees it; `404` for anyone else.
+pub fn load_chat(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Chat, ApiError> {
     store::list_chats(&mut ctx.db.sql()?, user_id, Some(chat_id))?.pop().ok_or(ApiError::NotFound)
 }
 
 /// `PATCH /api/chats/{id}`: group only, owner only.
-pub fn update_chat(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn update_chat(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
     let title = parse_title(body.str("title")?)?;
     let event = ctx.db.transaction(|tx| {
         lock_as_owner(tx, chat_id, user_id)?;
         let seq = store::take_seq(tx, chat_id)?;
         let info = store::update_chat_title(tx, chat_id, &title)?;
-        let created_at = store::insert_event(tx, chat_id, seq, "chat.updated", user_id, Stored::Payload(&json!(info)))?;
-        let payload = Payload::Chat(info);
-        Ok(Event { chat_id: chat_id.0, seq, kind: "chat.updated", created_at, actor_id: user_id, payload })
+        store::insert_event(tx, chat_id, seq, EventKind::ChatUpdated, user_id, Payload::Chat(info))
     })?;
-    events::publish(ctx.app, &[event]);
+    ctx.app.publish(&[event]);
     get_chat(ctx, user_id, chat_id)
 }
 
 /// `POST /api/chats/{id}/members`: group only, owner only; adding a member twice changes nothing.
-pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn add_member(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
-    let new_member = body.i64("user_id")?;
+    let new_member = UserId(body.i64("user_id")?);
     let event = ctx.db.transaction(|tx| {
         lock_as_owner(tx, chat_id, user_id)?;
         if store::find_role(tx, chat_id, new_member)?.is_some() {
@@ -177,16 +136,14 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
         if store::count_members(tx, chat_id)? >= MAX_MEMBERS as i64 {
             return Err(ApiError::invalid("user_id", "the group has the most members it can have"));
         }
-        let username = store::find_username(tx, UserId(new_member))?
+        let username = store::find_username(tx, new_member)?
             .ok_or_else(|| ApiError::invalid("user_id", "user_id is not an existing user"))?;
         store::insert_member(tx, chat_id, new_member, "member")?;
         let seq = store::take_seq(tx, chat_id)?;
         let member = Member { id: new_member, username, role: "member".into() };
-        member_event(tx, chat_id, seq, "member.added", user_id, member).map(Some)
+        store::insert_event(tx, chat_id, seq, EventKind::MemberAdded, user_id, Payload::Member(member)).map(Some)
     })?;
-    if let Some(event) = event {
-        events::publish(ctx.app, &[event]);
-    }
+    ctx.app.publish(event.as_slice());
     get_chat(ctx, user_id, chat_id)
 }
 
@@ -197,19 +154,19 @@ pub fn add_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply,
 /// The member's row is deleted (and so locked) before the chat row, the
 /// order a send takes them in (`store::insert_message`), so the two cannot
 /// deadlock; a second removal of the same member waits, then finds nothing.
-pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserId) -> Result<Reply, ApiError> {
+pub fn remove_member(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId, target: UserId) -> Result<Reply, ApiError> {
     let event = ctx.db.transaction(|tx| {
         let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
         if !store::is_group(tx, chat_id)? {
             return Err(ApiError::Forbidden("nobody can leave or be removed from a direct chat"));
         }
-        if target.0 != user_id && role != "owner" {
+        if target != user_id && role != "owner" {
             // Refused before any lock; checked again below once the chat is locked.
             return Err(ApiError::Forbidden("only the owner can remove another member"));
         }
-        let target_role = store::delete_member(tx, chat_id, target.0)?.ok_or(ApiError::NotFound)?;
+        let target_role = store::delete_member(tx, chat_id, target)?.ok_or(ApiError::NotFound)?;
         let seq = store::take_seq(tx, chat_id)?;
-        if target.0 != user_id {
+        if target != user_id {
             let role = store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
             if role != "owner" {
                 return Err(ApiError::Forbidden("only the owner can remove another member"));
@@ -219,9 +176,10 @@ pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserI
             store::promote_longest_standing(tx, chat_id)?;
         }
         let username = store::find_username(tx, target)?.unwrap_or_default();
-        member_event(tx, chat_id, seq, "member.removed", user_id, Member { id: target.0, username, role: target_role })
+        let member = Member { id: target, username, role: target_role };
+        store::insert_event(tx, chat_id, seq, EventKind::MemberRemoved, user_id, Payload::Member(member))
     })?;
-    events::publish(ctx.app, &[event]);
+    ctx.app.publish(&[event]);
     Ok(Reply::no_content())
 }
 
@@ -229,24 +187,11 @@ pub fn remove_member(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, target: UserI
 /// one chat happen one at a time. The role is read before the lock, so an
 /// outsider locks nothing, and again under it, so an owner who left
 /// meanwhile is seen.
-fn lock_as_owner(tx: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<(), ApiError> {
+fn lock_as_owner(tx: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: UserId) -> Result<(), ApiError> {
     store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
     store::lock_chat(tx, chat_id)?;
     match store::find_role(tx, chat_id, user_id)?.ok_or(ApiError::NotFound)?.as_str() {
         "owner" => Ok(()),
         _ => Err(ApiError::Forbidden("only the group's owner can do this")),
     }
-}
-
-fn member_event(
-    tx: &mut Sql<impl GenericClient>,
-    chat_id: ChatId,
-    seq: i64,
-    kind: &'static str,
-    actor_id: i64,
-    member: Member,
-) -> Result<Event, ApiError> {
-    let payload: Value = json!(member);
-    let created_at = store::insert_event(tx, chat_id, seq, kind, actor_id, Stored::Payload(&payload))?;
-    Ok(Event { chat_id: chat_id.0, seq, kind, created_at, actor_id, payload: Payload::Member(member) })
 }

@@ -6,13 +6,7 @@
 
 use std::time::Duration;
 
-/// Whether and what the server logs to stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    Off,
-    Error,
-    Info,
-}
+use crate::log::Level;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -25,7 +19,7 @@ pub struct Config {
     pub token_ttl: Duration,
     pub password_iterations: u32,
     pub max_body_bytes: usize,
-    pub log: LogLevel,
+    pub log: Level,
     pub rate_limits: bool,
     /// Origins allowed to open a WebSocket; empty means any.
     pub ws_allowed_origins: Vec<String>,
@@ -33,6 +27,9 @@ pub struct Config {
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
     pub migrations_dir: String,
+    /// A test-only fault: the named watched thread panics soon after it
+    /// starts (`MESSAGING_FAULT`, read by debug builds only).
+    pub fault: Option<String>,
 }
 
 impl Config {
@@ -82,15 +79,10 @@ impl Config {
             token_ttl: Duration::from_secs(number(&mut problems, "TOKEN_TTL_SECS", &token_ttl, 1, 10 * 365 * 86400)),
             password_iterations: number(&mut problems, "PASSWORD_ITERATIONS", &iterations, 1000, 100_000_000),
             max_body_bytes: number(&mut problems, "MAX_BODY_BYTES", &max_body, 1024, 64 << 20),
-            log: match log.as_str() {
-                "info" => LogLevel::Info,
-                "error" => LogLevel::Error,
-                "off" => LogLevel::Off,
-                _ => {
-                    problems.push(format!("LOG must be info, error or off, not {log:?}"));
-                    LogLevel::Info
-                }
-            },
+            log: Level::parse(&log).unwrap_or_else(|| {
+                problems.push(format!("LOG must be error, warn, info, debug or off, not {log:?}"));
+                Level::Info
+            }),
             rate_limits: match rate_limits.as_str() {
                 "on" => true,
                 "off" => false,
@@ -103,6 +95,7 @@ impl Config {
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
             migrations_dir,
+            fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
         };
         if problems.is_empty() {
             Ok(config)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
-use crate::error::ApiError;
+use crate::error::{describe, ApiError};
 
 /// The server-side limits every connection runs under.
 const SESSION_OPTIONS: &str =
@@ -37,7 +37,7 @@ impl Db {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.client = None;
-            let client = self.config.connect(NoTls).map_err(|_| ApiError::Unavailable)?;
+            let client = self.config.connect(NoTls).map_err(|e| ApiError::unavailable(describe(&e)))?;
             self.client = Some(client);
         }
         let client = self.client.as_mut().expect("connected just above");
@@ -77,17 +77,6 @@ pub fn connection_config(url: &str) -> Result<postgres::Config, String> {
         .options(SESSION_OPTIONS)
         .application_name("messaging");
     Ok(config)
-}
-
-/// A database error in words for a log line or an operator: the server's
-/// message when the server sent one, else the underlying cause (the crate's
-/// own `Display` says only "db error" or "error connecting to server").
-pub fn describe(error: &postgres::Error) -> String {
-    match (error.as_db_error(), std::error::Error::source(error)) {
-        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
-        (None, Some(cause)) => format!("{error}: {cause}"),
-        (None, None) => error.to_string(),
-    }
 }
 
 /// A connection or a transaction, with the worker's statement cache.

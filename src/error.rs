@@ -1,14 +1,18 @@
 //! The contract's error codes, and the only place that builds error bodies.
 //!
-//! A client sees a code and a sentence; the log sees the cause. An
-//! `Internal` error keeps its cause for the log line and never shows it to the
-//! client, so a 500 body holds no SQL text, type name or stack trace.
+//! A client sees a code and a sentence; the log sees the cause. `Internal`
+//! and `Unavailable` keep their cause for the log line and never show it to
+//! the client, so a 500 or 503 body holds no SQL text, type name or stack trace.
 
 use std::fmt;
 
 use serde_json::json;
 
+use crate::log::Level;
+
 /// Every way a request can fail, one variant per code of contract section 1.
+/// `Internal` and `Unavailable` (a dependency such as the database cannot
+/// answer now) carry their cause for the log.
 #[derive(Debug)]
 pub enum ApiError {
     InvalidRequest { field: Option<&'static str>, message: String },
@@ -23,7 +27,7 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     UpgradeRequired { ws_url: String },
     Internal(String),
-    Unavailable,
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -35,6 +39,11 @@ impl ApiError {
     /// A `400 invalid_request` that is not about one field (malformed JSON, say).
     pub fn malformed(message: impl Into<String>) -> ApiError {
         ApiError::InvalidRequest { field: None, message: message.into() }
+    }
+
+    /// A `503 unavailable` with its cause for the log.
+    pub fn unavailable(cause: impl Into<String>) -> ApiError {
+        ApiError::Unavailable(cause.into())
     }
 
     /// A `409 conflict` naming the field at fault.
@@ -55,7 +64,7 @@ impl ApiError {
             ApiError::UpgradeRequired { .. } => 426,
             ApiError::RateLimited { .. } => 429,
             ApiError::Internal(_) => 500,
-            ApiError::Unavailable => 503,
+            ApiError::Unavailable(_) => 503,
         }
     }
 
@@ -74,7 +83,7 @@ impl ApiError {
             ApiError::UpgradeRequired { .. } => "upgrade_required",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable(_) => "unavailable",
         }
     }
 
@@ -94,7 +103,17 @@ impl ApiError {
                 format!("too many attempts; retry in {retry_after_secs} seconds")
             }
             ApiError::Internal(_) => "internal error".into(),
-            ApiError::Unavailable => "service unavailable; try again".into(),
+            ApiError::Unavailable(_) => "service unavailable; try again".into(),
+        }
+    }
+
+    /// How loudly the log reports this error: a server fault at `error`, an
+    /// unavailable dependency at `warn`, a client's mistake at `info`.
+    pub fn log_level(&self) -> Level {
+        match self {
+            ApiError::Internal(_) => Level::Error,
+            ApiError::Unavailable(_) => Level::Warn,
+            _ => Level::Info,
         }
     }
 
@@ -145,11 +164,11 @@ impl ApiError {
     }
 }
 
-/// What the log line says: the code, and for internal errors the cause.
+/// What the log line says: the code, and for internal and unavailable errors the cause.
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::Internal(cause) => write!(f, "internal: {cause}"),
+            ApiError::Internal(cause) | ApiError::Unavailable(cause) => write!(f, "{}: {cause}", self.code()),
             other => f.write_str(other.code()),
         }
     }
@@ -169,8 +188,19 @@ impl From<postgres::Error> for ApiError {
         ];
         let io = std::error::Error::source(&error).is_some_and(|cause| cause.is::<std::io::Error>());
         if error.is_closed() || io || error.code().is_some_and(|code| transient.contains(code)) {
-            return ApiError::Unavailable;
+            return ApiError::Unavailable(describe(&error));
         }
-        ApiError::Internal(crate::db::describe(&error))
+        ApiError::Internal(describe(&error))
+    }
+}
+
+/// A database error in words for a log line or an operator: the server's
+/// message when the server sent one, else the underlying cause (the crate's
+/// own `Display` says only "db error" or "error connecting to server").
+pub fn describe(error: &postgres::Error) -> String {
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
     }
 }

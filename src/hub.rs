@@ -26,11 +26,12 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::events::{Event, Payload};
 use crate::jobs::Jobs;
+use crate::log::Log;
+use crate::model::{ChatId, Event, EventKind, Live, Payload, SessionId, UserId};
 use crate::notify::Notifier;
-use crate::router::ChatId;
 use crate::store;
+use crate::watch::Watch;
 
 /// How long a later seq waits for an earlier one before the hub reads it from the table.
 const HOLD: Duration = Duration::from_millis(20);
@@ -112,18 +113,11 @@ pub enum Protocol {
     Seed(ChatId),
 }
 
-/// Typing and read frames: live only, never stored.
-#[derive(Clone, Debug)]
-pub enum Live {
-    Typing { chat_id: i64, user_id: i64 },
-    Read { chat_id: i64, user_id: i64, seq: i64 },
-}
-
 /// A connection as the hub knows it.
 pub struct Registration {
     pub conn: ConnId,
-    pub user_id: i64,
-    pub session_id: i64,
+    pub user_id: UserId,
+    pub session_id: SessionId,
     pub protocol: Protocol,
     pub queue: Queue,
     pub shared: Arc<ConnShared>,
@@ -131,15 +125,15 @@ pub struct Registration {
 
 enum Msg {
     Event(Arc<Event>),
-    RemoteEvent { chat_id: i64, seq: i64, added: Option<i64> },
-    Fetched { chat_id: i64, events: Option<Vec<Event>> },
+    RemoteEvent { chat_id: ChatId, seq: i64, added: Option<UserId> },
+    Fetched { chat_id: ChatId, events: Result<Vec<Event>, ApiError> },
     Live(Live),
-    Presence { user_id: i64, online: bool, chat_ids: Vec<i64> },
+    Presence { user_id: UserId, online: bool, chat_ids: Vec<ChatId> },
     Register(Registration, Sender<()>),
-    Subscribe { conn: ConnId, chats: Vec<(i64, i64)> },
+    Subscribe { conn: ConnId, chats: Vec<(ChatId, i64)> },
     Unregister(ConnId),
-    Typing { conn: ConnId, chat_id: i64 },
-    SessionsEnded(Vec<i64>),
+    Typing { conn: ConnId, chat_id: ChatId },
+    SessionsEnded(Vec<SessionId>),
     Resync,
     Shutdown,
 }
@@ -151,24 +145,22 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts the hub thread.
-    pub fn start(jobs: Jobs, notifier: Notifier) -> Result<Hub, String> {
+    /// Starts the watched hub thread.
+    pub fn start(jobs: Jobs, notifier: Notifier, log: Log, watch: &Watch) -> Result<Hub, String> {
         let (inbox, messages) = unbounded();
         let hub = Hub { inbox };
         let state = State {
             hub: hub.clone(),
             jobs,
             notifier,
+            log,
             conns: HashMap::new(),
             n_pending: 0,
             users: HashMap::new(),
             chats: HashMap::new(),
             last_session_check: Instant::now(),
         };
-        std::thread::Builder::new()
-            .name("hub".into())
-            .spawn(move || state.run(messages))
-            .map_err(|e| format!("cannot start the hub thread: {e}"))?;
+        watch.spawn("hub", move || state.run(messages))?;
         Ok(hub)
     }
 
@@ -183,7 +175,7 @@ impl Hub {
 
     /// Another process committed `(chat_id, seq)`; the hub reads it from the table.
     /// `added`: the user a `member.added` event adds, if it is one.
-    pub fn remote_event(&self, chat_id: i64, seq: i64, added: Option<i64>) {
+    pub fn remote_event(&self, chat_id: ChatId, seq: i64, added: Option<UserId>) {
         self.send(Msg::RemoteEvent { chat_id, seq, added });
     }
 
@@ -192,7 +184,7 @@ impl Hub {
     }
 
     /// A user came online or went offline; frames go to users who share one of `chat_ids`.
-    pub fn presence(&self, user_id: i64, online: bool, chat_ids: Vec<i64>) {
+    pub fn presence(&self, user_id: UserId, online: bool, chat_ids: Vec<ChatId>) {
         self.send(Msg::Presence { user_id, online, chat_ids });
     }
 
@@ -206,7 +198,7 @@ impl Hub {
     }
 
     /// Ends a connection's pending state with its `ready` snapshot: `(chat_id, last_seq)`.
-    pub fn subscribe(&self, conn: ConnId, chats: Vec<(i64, i64)>) {
+    pub fn subscribe(&self, conn: ConnId, chats: Vec<(ChatId, i64)>) {
         self.send(Msg::Subscribe { conn, chats });
     }
 
@@ -215,12 +207,12 @@ impl Hub {
     }
 
     /// A typing frame from a connection; the hub checks membership.
-    pub fn typing(&self, conn: ConnId, chat_id: i64) {
+    pub fn typing(&self, conn: ConnId, chat_id: ChatId) {
         self.send(Msg::Typing { conn, chat_id });
     }
 
     /// Closes every connection opened with one of these sessions.
-    pub fn sessions_ended(&self, session_ids: Vec<i64>) {
+    pub fn sessions_ended(&self, session_ids: Vec<SessionId>) {
         self.send(Msg::SessionsEnded(session_ids));
     }
 
@@ -236,8 +228,8 @@ impl Hub {
 }
 
 struct Conn {
-    user_id: i64,
-    session_id: i64,
+    user_id: UserId,
+    session_id: SessionId,
     protocol: Protocol,
     queue: Queue,
     shared: Arc<ConnShared>,
@@ -257,7 +249,7 @@ struct ChatState {
     fetching: bool,
     deadline: Option<Instant>,
     /// Users with a subscribed connection here who are members.
-    users: HashSet<i64>,
+    users: HashSet<UserId>,
 }
 
 struct State {
@@ -265,12 +257,13 @@ struct State {
     jobs: Jobs,
     /// Typing frames, checked here, go on to other processes from here.
     notifier: Notifier,
+    log: Log,
     conns: HashMap<ConnId, Conn>,
     /// How many connections are waiting for their snapshot.
     n_pending: usize,
     /// For each user with a subscribed connection: its connections and chats.
-    users: HashMap<i64, (Vec<ConnId>, HashSet<i64>)>,
-    chats: HashMap<i64, ChatState>,
+    users: HashMap<UserId, (Vec<ConnId>, HashSet<ChatId>)>,
+    chats: HashMap<ChatId, ChatState>,
     last_session_check: Instant,
 }
 
@@ -299,16 +292,19 @@ impl State {
     /// Asks the database which sessions of open connections still live, on a
     /// job thread; the answer comes back as `SessionsEnded`.
     fn check_sessions(&self) {
-        let mut session_ids: Vec<i64> = self.conns.values().map(|c| c.session_id).collect();
+        let mut session_ids: Vec<SessionId> = self.conns.values().map(|c| c.session_id).collect();
         session_ids.sort_unstable();
         session_ids.dedup();
         if session_ids.is_empty() {
             return;
         }
-        let hub = self.hub.clone();
+        let (hub, log) = (self.hub.clone(), self.log);
         self.jobs.spawn(move |db| {
-            if let Ok(live) = db.sql().and_then(|mut sql| store::find_live_sessions(&mut sql, &session_ids)) {
-                hub.sessions_ended(session_ids.into_iter().filter(|id| !live.contains(id)).collect());
+            match db.sql().and_then(|mut sql| store::find_live_sessions(&mut sql, &session_ids)) {
+                Ok(live) => hub.sessions_ended(session_ids.into_iter().filter(|id| !live.contains(id)).collect()),
+                Err(error) => {
+                    log.warn("cannot check the sessions of open WebSockets", &[("thread", &"hub"), ("error", &error)])
+                }
             }
         });
     }
@@ -334,7 +330,11 @@ impl State {
                     self.close(conn, CLOSE_LOGGED_OUT);
                 }
             }
-            Msg::Resync => self.close_all(CLOSE_LAGGING),
+            Msg::Resync => {
+                let fields: [crate::log::Field; 2] = [("thread", &"hub"), ("connections", &self.conns.len())];
+                self.log.info("resync: closing every WebSocket so its client catches up", &fields);
+                self.close_all(CLOSE_LAGGING);
+            }
             Msg::Shutdown => unreachable!("handled in run"),
         }
     }
@@ -342,7 +342,7 @@ impl State {
     /// Whether anyone here could want this chat's events: a member with a
     /// subscribed connection, a connected user the event adds, or a
     /// connection still waiting for its snapshot.
-    fn wanted(&self, chat_id: i64, added: Option<i64>) -> bool {
+    fn wanted(&self, chat_id: ChatId, added: Option<UserId>) -> bool {
         self.chats.contains_key(&chat_id) || added.is_some_and(|u| self.users.contains_key(&u)) || self.n_pending > 0
     }
 
@@ -361,7 +361,7 @@ impl State {
             }
         }
         for conn_id in overflowing {
-            self.close(conn_id, CLOSE_LAGGING);
+            self.close_lagging(conn_id);
         }
     }
 
@@ -389,7 +389,7 @@ impl State {
         }
     }
 
-    fn announced(&mut self, chat_id: i64, seq: i64, added: Option<i64>) {
+    fn announced(&mut self, chat_id: ChatId, seq: i64, added: Option<UserId>) {
         if !self.wanted(chat_id, added) {
             return;
         }
@@ -408,13 +408,20 @@ impl State {
     /// nobody here follows yet. Such a chat's ordering state, if any, was
     /// started by whatever event came first and delivered to nobody, so it
     /// may be past this event: it is rewound to it.
-    fn joins_unfollowed(&self, chat_id: i64, joins: Option<i64>) -> bool {
+    fn joins_unfollowed(&self, chat_id: ChatId, joins: Option<UserId>) -> bool {
         let followed = self.chats.get(&chat_id).is_some_and(|chat| !chat.users.is_empty());
         !followed && joins.is_some_and(|user_id| self.users.contains_key(&user_id))
     }
 
-    fn fetched(&mut self, chat_id: i64, events: Option<Vec<Event>>) {
-        let events: Option<Vec<Arc<Event>>> = events.map(|events| events.into_iter().map(Arc::new).collect());
+    fn fetched(&mut self, chat_id: ChatId, events: Result<Vec<Event>, ApiError>) {
+        let events: Option<Vec<Arc<Event>>> = match events {
+            Ok(events) => Some(events.into_iter().map(Arc::new).collect()),
+            Err(error) => {
+                let fields: [crate::log::Field; 3] = [("thread", &"hub"), ("chat", &chat_id), ("error", &error)];
+                self.log.warn("cannot read a chat's missing events; retrying", &fields);
+                None
+            }
+        };
         if let Some(events) = &events {
             self.remember_pending(events);
         }
@@ -434,7 +441,7 @@ impl State {
     }
 
     /// Delivers held events from `next` on; sets a deadline if a gap remains.
-    fn drain(&mut self, chat_id: i64) {
+    fn drain(&mut self, chat_id: ChatId) {
         let mut ready = Vec::new();
         let Some(chat) = self.chats.get_mut(&chat_id) else { return };
         while let Some(event) = chat.held.remove(&chat.next) {
@@ -453,7 +460,7 @@ impl State {
         self.forget_if_unwanted(chat_id);
     }
 
-    fn forget_if_unwanted(&mut self, chat_id: i64) {
+    fn forget_if_unwanted(&mut self, chat_id: ChatId) {
         let idle = self.chats.get(&chat_id).is_some_and(|c| c.users.is_empty() && c.deadline.is_none() && !c.fetching);
         if idle && self.n_pending == 0 {
             self.chats.remove(&chat_id);
@@ -466,7 +473,7 @@ impl State {
 
     fn fetch_overdue(&mut self) {
         let now = Instant::now();
-        let overdue: Vec<i64> = self
+        let overdue: Vec<ChatId> = self
             .chats
             .iter()
             .filter(|(_, c)| !c.fetching && c.deadline.is_some_and(|at| at <= now))
@@ -478,7 +485,7 @@ impl State {
     }
 
     /// Reads the chat's events from `next` on, on a job thread.
-    fn fetch(&mut self, chat_id: i64) {
+    fn fetch(&mut self, chat_id: ChatId) {
         let Some(chat) = self.chats.get_mut(&chat_id) else { return };
         if chat.fetching {
             return;
@@ -487,7 +494,7 @@ impl State {
         chat.deadline = None;
         let (after, hub) = (chat.next - 1, self.hub.clone());
         let queued = self.jobs.spawn(move |db| {
-            let events = db.sql().and_then(|mut sql| store::list_events(&mut sql, ChatId(chat_id), after, 1000)).ok();
+            let events = db.sql().and_then(|mut sql| store::list_events(&mut sql, chat_id, after, 1000));
             hub.send(Msg::Fetched { chat_id, events });
         });
         if !queued {
@@ -503,7 +510,7 @@ impl State {
         }
         let encoded = Encoded::new(&event);
         let mut overflowing = Vec::new();
-        let users: Vec<i64> =
+        let users: Vec<UserId> =
             self.chats.get(&event.chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
         for user_id in users {
             for conn_id in self.users.get(&user_id).map(|(conns, _)| conns.as_slice()).unwrap_or_default() {
@@ -515,22 +522,22 @@ impl State {
                 }
             }
         }
-        if let (Payload::Member(member), "member.removed") = (&event.payload, event.kind) {
-            self.leave(member.id, event.chat_id);
+        if let Some(user_id) = event.leaves() {
+            self.leave(user_id, event.chat_id);
         }
         for conn_id in overflowing {
-            self.close(conn_id, CLOSE_LAGGING);
+            self.close_lagging(conn_id);
         }
     }
 
-    fn join(&mut self, user_id: i64, chat_id: i64) {
+    fn join(&mut self, user_id: UserId, chat_id: ChatId) {
         if let Some((_, chats)) = self.users.get_mut(&user_id) {
             chats.insert(chat_id);
             self.chats.entry(chat_id).or_default().users.insert(user_id);
         }
     }
 
-    fn leave(&mut self, user_id: i64, chat_id: i64) {
+    fn leave(&mut self, user_id: UserId, chat_id: ChatId) {
         if let Some((_, chats)) = self.users.get_mut(&user_id) {
             chats.remove(&chat_id);
         }
@@ -550,11 +557,12 @@ impl State {
         };
         // A read marker also goes to the reader's other connections; typing does not come back.
         let frame = text_frame(&message.to_string());
-        let users: Vec<i64> = self.chats.get(&chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
+        let users: Vec<UserId> =
+            self.chats.get(&chat_id).map(|c| c.users.iter().copied().collect()).unwrap_or_default();
         self.send_to_users(users.into_iter().filter(|u| echo || *u != user_id), &frame);
     }
 
-    fn presence(&mut self, user_id: i64, online: bool, chat_ids: &[i64]) {
+    fn presence(&mut self, user_id: UserId, online: bool, chat_ids: &[ChatId]) {
         let frame = text_frame(&json!({ "type": "presence", "user_id": user_id, "online": online }).to_string());
         let mut users = HashSet::new();
         for chat_id in chat_ids {
@@ -566,7 +574,7 @@ impl State {
     }
 
     /// Sends a live frame to every current-protocol connection of these users.
-    fn send_to_users(&mut self, users: impl Iterator<Item = i64>, frame: &Arc<[u8]>) {
+    fn send_to_users(&mut self, users: impl Iterator<Item = UserId>, frame: &Arc<[u8]>) {
         let mut overflowing = Vec::new();
         for user_id in users {
             for conn_id in self.users.get(&user_id).map(|(conns, _)| conns.as_slice()).unwrap_or_default() {
@@ -578,7 +586,7 @@ impl State {
             }
         }
         for conn_id in overflowing {
-            self.close(conn_id, CLOSE_LAGGING);
+            self.close_lagging(conn_id);
         }
     }
 
@@ -599,7 +607,7 @@ impl State {
     /// and any it joined meanwhile), the events past the snapshot's seq that
     /// arrived while pending go to the connection in seq order; later ones
     /// reach it through normal delivery.
-    fn subscribe(&mut self, conn_id: ConnId, snapshot: Vec<(i64, i64)>) {
+    fn subscribe(&mut self, conn_id: ConnId, snapshot: Vec<(ChatId, i64)>) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
         let Some(mut pending) = conn.pending.take() else { return };
         self.n_pending -= 1;
@@ -608,21 +616,21 @@ impl State {
         pending.dedup_by_key(|event| (event.chat_id, event.seq));
 
         // Each chat's seq already covered by the snapshot, and where membership ended.
-        let mut covered: HashMap<i64, i64> = snapshot.into_iter().collect();
-        let mut left: HashMap<i64, i64> = HashMap::new();
+        let mut covered: HashMap<ChatId, i64> = snapshot.into_iter().collect();
+        let mut left: HashMap<ChatId, i64> = HashMap::new();
         for event in &pending {
             if event.joins() == Some(user_id) {
                 covered.entry(event.chat_id).or_insert(event.seq - 1);
                 left.remove(&event.chat_id);
             }
-            if matches!((&event.payload, event.kind), (Payload::Member(m), "member.removed") if m.id == user_id) {
+            if event.leaves() == Some(user_id) {
                 left.insert(event.chat_id, event.seq);
             }
         }
 
-        let joined: HashSet<i64> = covered.keys().filter(|chat_id| !left.contains_key(chat_id)).copied().collect();
+        let joined: HashSet<ChatId> = covered.keys().filter(|chat_id| !left.contains_key(chat_id)).copied().collect();
         // The chats this user already follows here, through another connection.
-        let following: HashSet<i64> = self.users.get(&user_id).map(|(_, chats)| chats.clone()).unwrap_or_default();
+        let following: HashSet<ChatId> = self.users.get(&user_id).map(|(_, chats)| chats.clone()).unwrap_or_default();
         let entry = self.users.entry(user_id).or_default();
         entry.0.push(conn_id);
         entry.1.extend(joined.iter().copied());
@@ -662,7 +670,7 @@ impl State {
             for event in &replay {
                 if let Some(frame) = Encoded::new(event).for_protocol(protocol) {
                     if !offer(conn, frame) {
-                        self.close(conn_id, CLOSE_LAGGING);
+                        self.close_lagging(conn_id);
                         break;
                     }
                 }
@@ -673,7 +681,7 @@ impl State {
         }
         if self.n_pending == 0 {
             // Chats kept only for connections that were waiting can go now.
-            let all: Vec<i64> = self.chats.keys().copied().collect();
+            let all: Vec<ChatId> = self.chats.keys().copied().collect();
             for chat_id in all {
                 self.forget_if_unwanted(chat_id);
             }
@@ -690,7 +698,7 @@ impl State {
         if !conns.is_empty() {
             return;
         }
-        let chats: Vec<i64> = chats.iter().copied().collect();
+        let chats: Vec<ChatId> = chats.iter().copied().collect();
         self.users.remove(&conn.user_id);
         for chat_id in chats {
             if let Some(chat) = self.chats.get_mut(&chat_id) {
@@ -700,18 +708,28 @@ impl State {
         }
     }
 
-    fn typing(&mut self, conn_id: ConnId, chat_id: i64) {
+    fn typing(&mut self, conn_id: ConnId, chat_id: ChatId) {
         let Some(conn) = self.conns.get(&conn_id) else { return };
         let user_id = conn.user_id;
         let member = self.users.get(&user_id).is_some_and(|(_, chats)| chats.contains(&chat_id));
         if !member {
             if !offer(conn, &text_frame(&ApiError::NotFound.to_frame(None).to_string())) {
-                self.close(conn_id, CLOSE_LAGGING);
+                self.close_lagging(conn_id);
             }
             return;
         }
         self.notifier.signal(Live::Typing { chat_id, user_id }.into());
         self.live(Live::Typing { chat_id, user_id });
+    }
+
+    /// Closes a connection whose queue is full: the client catches up from `/events`.
+    fn close_lagging(&mut self, conn_id: ConnId) {
+        if let Some(conn) = self.conns.get(&conn_id).filter(|conn| conn.shared.close_code().is_none()) {
+            let fields: [crate::log::Field; 4] =
+                [("thread", &"hub"), ("conn", &conn_id), ("user", &conn.user_id), ("code", &CLOSE_LAGGING)];
+            self.log.warn("WebSocket queue full; closing", &fields);
+        }
+        self.close(conn_id, CLOSE_LAGGING);
     }
 
     /// Asks a connection to close; the writer sends the close frame.
@@ -734,14 +752,14 @@ impl State {
 struct Encoded {
     current: Arc<[u8]>,
     /// The seed's `{"content", "chat_id"}`, for a new message only.
-    seed: Option<(i64, Arc<[u8]>)>,
+    seed: Option<(ChatId, Arc<[u8]>)>,
 }
 
 impl Encoded {
     fn new(event: &Event) -> Encoded {
         let current = text_frame(&json!({ "type": "event", "event": event }).to_string());
         let seed = match &event.payload {
-            Payload::Message(message) if event.kind == "message.created" => {
+            Payload::Message(message) if event.kind == EventKind::MessageCreated => {
                 let frame = json!({ "content": message.content, "chat_id": message.chat_id });
                 Some((message.chat_id, text_frame(&frame.to_string())))
             }
@@ -754,7 +772,7 @@ impl Encoded {
     fn for_protocol(&self, protocol: Protocol) -> Option<&Arc<[u8]>> {
         match (protocol, &self.seed) {
             (Protocol::Current, _) => Some(&self.current),
-            (Protocol::Seed(chat), Some((chat_id, frame))) if chat.0 == *chat_id => Some(frame),
+            (Protocol::Seed(chat), Some((chat_id, frame))) if chat == *chat_id => Some(frame),
             (Protocol::Seed(_), _) => None,
         }
     }

@@ -12,6 +12,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::log::Log;
+use crate::watch::{panic_message, Watch};
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
@@ -25,22 +27,21 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Starts `threads` threads, each with its own connection to `database_url`.
-    pub fn start(database_url: &str, threads: usize) -> Result<Jobs, String> {
+    /// Starts `threads` watched threads, each with its own connection to `database_url`.
+    pub fn start(database_url: &str, threads: usize, log: Log, watch: &Watch) -> Result<Jobs, String> {
         let (queue, jobs) = bounded::<Job>(QUEUE);
         for idx in 0..threads {
             let mut db = Db::new(database_url)?;
             let jobs: Receiver<Job> = jobs.clone();
-            std::thread::Builder::new()
-                .name(format!("db-job-{idx}"))
-                .spawn(move || {
-                    for job in jobs {
-                        if catch_unwind(AssertUnwindSafe(|| job(&mut db))).is_err() {
-                            db.disconnect();
-                        }
+            let thread = format!("db-job-{idx}");
+            watch.spawn(&thread.clone(), move || {
+                for job in jobs {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job(&mut db))) {
+                        log.error("job panicked", &[("thread", &thread), ("cause", &panic_message(panic.as_ref()))]);
+                        db.disconnect();
                     }
-                })
-                .map_err(|e| format!("cannot start a database job thread: {e}"))?;
+                }
+            })?;
         }
         Ok(Jobs { queue })
     }
@@ -60,8 +61,10 @@ impl Jobs {
             let _ = answer.send(work(db));
         };
         if !self.spawn(job) {
-            return Err(ApiError::Unavailable);
+            return Err(ApiError::unavailable("the database job queue is full"));
         }
-        answered.recv_timeout(ANSWER_TIMEOUT).unwrap_or(Err(ApiError::Unavailable))
+        answered
+            .recv_timeout(ANSWER_TIMEOUT)
+            .unwrap_or_else(|_| Err(ApiError::unavailable("a database job did not answer in time")))
     }
 }

@@ -7,12 +7,11 @@
 use serde_json::{json, Value};
 
 use crate::accounts::{self, NewUser};
-use crate::auth::Session;
-use crate::chats::{self, NewChat};
+use crate::app::Ctx;
+use crate::chats;
 use crate::error::ApiError;
 use crate::http::Reply;
-use crate::router::ChatId;
-use crate::server::Ctx;
+use crate::model::{rfc3339, Chat, ChatId, Session, UserId};
 use crate::store;
 
 /// How many messages `GET /chat/messages/{id}` returns: the newest ones.
@@ -39,7 +38,7 @@ pub fn logout(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
 }
 
 /// `POST /chat/message`: creates a chat (a direct one is deduplicated).
-pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
+pub fn create_chat(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
     let title = body.str("title")?;
     if title.trim().is_empty() {
@@ -48,22 +47,21 @@ pub fn create_chat(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
     let is_group = body.opt_bool("is_group")?.unwrap_or(false);
     let mut member_ids = Vec::new();
     for id in body.opt_array("user_ids")?.map_or(&[][..], Vec::as_slice) {
-        let id = id.as_str().and_then(|id| id.parse::<i64>().ok());
+        let id = id.as_str().and_then(|id| id.parse::<i64>().ok()).map(UserId);
         member_ids.push(id.ok_or_else(|| ApiError::invalid("user_ids", "user_ids must hold user ids as strings"))?);
     }
     if member_ids.len() > chats::MAX_MEMBERS * 2 {
         return Err(ApiError::invalid("user_ids", "a group takes at most 1000 other members"));
     }
-    let new_chat = NewChat::new(user_id, is_group, Some(title), member_ids)
+    let new_chat = chats::parse_new_chat(user_id, is_group, Some(title), member_ids)
         .map_err(|error| rename_field(error, "member_ids", "user_ids"))?;
     let (chat_id, _) =
         chats::create(ctx, user_id, &new_chat).map_err(|error| rename_field(error, "member_ids", "user_ids"))?;
-    let chat = store::list_chats(&mut ctx.db.sql()?, user_id, Some(chat_id))?.pop().ok_or(ApiError::NotFound)?;
-    Ok(Reply::json(200, &seed_chat(&chat)))
+    Ok(Reply::json(200, &seed_chat(&chats::load_chat(ctx, user_id, chat_id)?)))
 }
 
 /// `GET /chat/messages/{id}`: the newest messages, oldest first, without tombstones.
-pub fn list_messages(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn list_messages(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let sql = &mut ctx.db.sql()?;
     store::find_role(sql, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
     let mut messages = store::list_messages_before(sql, chat_id, i64::MAX, MAX_MESSAGES)?;
@@ -77,8 +75,8 @@ pub fn list_messages(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Rep
                 "chat_id": message.chat_id.to_string(),
                 "user_id": message.sender_id.to_string(),
                 "content": message.content,
-                "created_at": accounts::rfc3339(message.created_at),
-                "updated_at": accounts::rfc3339(message.edited_at.unwrap_or(message.created_at)),
+                "created_at": rfc3339(message.created_at),
+                "updated_at": rfc3339(message.edited_at.unwrap_or(message.created_at)),
             })
         })
         .collect();
@@ -86,12 +84,12 @@ pub fn list_messages(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Rep
 }
 
 /// `GET /chat/user`: the caller's chats.
-pub fn list_chats(ctx: &mut Ctx, user_id: i64) -> Result<Reply, ApiError> {
+pub fn list_chats(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let chats: Vec<Value> = store::list_chats(&mut ctx.db.sql()?, user_id, None)?.iter().map(seed_chat).collect();
     Ok(Reply::json(200, &json!({ "count": chats.len(), "chats": chats })))
 }
 
-fn seed_chat(chat: &chats::Chat) -> Value {
+fn seed_chat(chat: &Chat) -> Value {
     let user_ids: Vec<String> = chat.members.iter().map(|member| member.id.to_string()).collect();
     json!({
         "id": chat.id.to_string(),

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use messaging::config::Config;
-use messaging::{db, migrate, server};
+use messaging::log::Log;
+use messaging::{migrate, server, watch};
 
 const USAGE: &str = "usage: messaging serve | messaging migrate up | down [N] | status";
 
@@ -34,14 +35,23 @@ fn serve() -> Result<(), String> {
         .map_err(|e| format!("cannot listen on HTTP_ADDR {}: {e}", config.http_addr))?;
     let ws =
         TcpListener::bind(&config.ws_addr).map_err(|e| format!("cannot listen on WS_ADDR {}: {e}", config.ws_addr))?;
+    let log = Log::new(config.log);
+    log_panics(log);
     let running = server::start(config, http, ws)?;
-    eprintln!(
-        "messaging: serving HTTP on http://{} and WebSocket on ws://{}/ws",
-        running.http_addr(),
-        running.ws_addr()
-    );
-    running.wait();
-    Ok(())
+    let (http, ws) = (format!("http://{}", running.http_addr()), format!("ws://{}/ws", running.ws_addr()));
+    log.info("serving", &[("http", &http), ("ws", &ws)]);
+    running.wait().inspect_err(|cause| log.error("stopping", &[("cause", cause)]))
+}
+
+/// Panics go to the log as one logfmt line each, like everything else; the
+/// request or thread that panicked decides what happens next.
+fn log_panics(log: Log) {
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let at = info.location().map_or_else(String::new, |l| format!("{}:{}", l.file(), l.line()));
+        let cause = watch::panic_message(info.payload());
+        log.error("panic", &[("thread", &thread), ("at", &at), ("cause", &cause)]);
+    }));
 }
 
 /// What `migrate` was asked to do, checked before anything connects.
@@ -62,9 +72,7 @@ fn run_migrate(args: &[&str]) -> Result<(), String> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set".to_string())?;
     let dir = std::env::var("MIGRATIONS_DIR").unwrap_or_else(|_| "sql".into());
     let dir = Path::new(&dir);
-    let mut client = db::connection_config(&url)?
-        .connect(postgres::NoTls)
-        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", db::describe(&e)))?;
+    let mut client = migrate::connect(&url)?;
     let report = |none: &str, done: &str, stems: Vec<String>| {
         if stems.is_empty() {
             println!("{none}");

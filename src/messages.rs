@@ -7,42 +7,15 @@
 //! stored message: found up front, or caught by the unique index when two
 //! retries race (the loser's statement rolls back whole, seq included).
 
-use serde::Serialize;
-use serde_json::json;
-use time::OffsetDateTime;
-
 use postgres::GenericClient;
+use serde_json::json;
 
+use crate::app::{App, Ctx};
 use crate::db::{Db, Sql};
 use crate::error::ApiError;
-use crate::events::{self, Event, Payload};
 use crate::http::Reply;
-use crate::hub::Live;
-use crate::router::{ChatId, MessageId};
-use crate::server::{App, Ctx};
-use crate::store::{self, Stored};
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Message {
-    pub id: i64,
-    pub chat_id: i64,
-    pub seq: i64,
-    pub sender_id: i64,
-    pub content: String,
-    pub client_id: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub edited_at: Option<OffsetDateTime>,
-    pub deleted: bool,
-}
-
-impl Message {
-    /// The `message.*` event this message's current state makes.
-    pub fn event(&self, kind: &'static str, actor_id: i64, seq: i64, created_at: OffsetDateTime) -> Event {
-        Event { chat_id: self.chat_id, seq, kind, created_at, actor_id, payload: Payload::Message(self.clone()) }
-    }
-}
+use crate::model::{ChatId, EventKind, Live, Message, MessageId, Payload, UserId};
+use crate::store;
 
 /// Message text: 1 to 4000 characters, not only white space.
 pub fn parse_content(content: &str) -> Result<&str, ApiError> {
@@ -69,7 +42,7 @@ pub enum Sent {
 }
 
 /// `POST /api/chats/{id}/messages`
-pub fn send_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn send_message(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
     let content = parse_content(body.str("content")?)?;
     let client_id = parse_client_id(body.opt_str("client_id")?)?;
@@ -83,7 +56,7 @@ pub fn send_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Repl
 pub fn send(
     app: &App,
     db: &mut Db,
-    user_id: i64,
+    user_id: UserId,
     chat_id: ChatId,
     content: &str,
     client_id: Option<&str>,
@@ -96,7 +69,7 @@ pub fn send(
     }
     match store::insert_message(sql, chat_id, user_id, content, client_id) {
         Ok(Some(message)) => {
-            events::publish(app, &[message.event("message.created", user_id, message.seq, message.created_at)]);
+            app.publish(&[message.event(EventKind::MessageCreated, user_id, message.seq, message.created_at)]);
             Ok(Sent::New(message))
         }
         Ok(None) => Err(ApiError::NotFound),
@@ -111,7 +84,7 @@ pub fn send(
 }
 
 /// `GET /api/chats/{id}/messages?before=&after=&limit=`
-pub fn list_messages(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn list_messages(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let query = ctx.query();
     let before = query.int("before", 1, i64::MAX)?;
     let after = query.int("after", 0, i64::MAX)?;
@@ -134,7 +107,7 @@ pub fn list_messages(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Rep
 }
 
 /// `PATCH /api/chats/{id}/messages/{message_id}`: the sender only; a deleted message is `409`.
-pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
+pub fn edit_message(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
     let content = parse_content(body.str("content")?)?;
     let (message, event) = ctx.db.transaction(|tx| {
@@ -147,18 +120,22 @@ pub fn edit_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: Me
         }
         let (seq, _) = take_seq_as_member(tx, user_id, chat_id)?;
         let message = store::update_message_content(tx, message_id, content)?;
-        let created_at =
-            store::insert_event(tx, chat_id, seq, "message.updated", user_id, Stored::Message(message_id))?;
-        let event = message.event("message.updated", user_id, seq, created_at);
+        let payload = Payload::Message(message.clone());
+        let event = store::insert_event(tx, chat_id, seq, EventKind::MessageUpdated, user_id, payload)?;
         Ok((message, event))
     })?;
-    events::publish(ctx.app, &[event]);
+    ctx.app.publish(&[event]);
     Ok(Reply::json(200, &message))
 }
 
 /// `DELETE /api/chats/{id}/messages/{message_id}`: the sender, or the group's
 /// owner; deleting a deleted message again changes nothing.
-pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: MessageId) -> Result<Reply, ApiError> {
+pub fn delete_message(
+    ctx: &mut Ctx,
+    user_id: UserId,
+    chat_id: ChatId,
+    message_id: MessageId,
+) -> Result<Reply, ApiError> {
     let event = ctx.db.transaction(|tx| {
         let message = lock_message_as_member(tx, user_id, chat_id, message_id)?;
         if message.deleted {
@@ -168,14 +145,10 @@ pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: 
         if message.sender_id != user_id && role != "owner" {
             return Err(ApiError::Forbidden("only the sender or the group's owner can delete a message"));
         }
-        let message = store::tombstone_message(tx, message_id)?;
-        let created_at =
-            store::insert_event(tx, chat_id, seq, "message.deleted", user_id, Stored::Message(message_id))?;
-        Ok(Some(message.event("message.deleted", user_id, seq, created_at)))
+        let payload = Payload::Message(store::tombstone_message(tx, message_id)?);
+        store::insert_event(tx, chat_id, seq, EventKind::MessageDeleted, user_id, payload).map(Some)
     })?;
-    if let Some(event) = event {
-        events::publish(ctx.app, &[event]);
-    }
+    ctx.app.publish(event.as_slice());
     Ok(Reply::no_content())
 }
 
@@ -184,7 +157,7 @@ pub fn delete_message(ctx: &mut Ctx, user_id: i64, chat_id: ChatId, message_id: 
 /// (`take_seq_as_member`), and nothing locks them the other way round.
 fn lock_message_as_member(
     tx: &mut Sql<impl GenericClient>,
-    user_id: i64,
+    user_id: UserId,
     chat_id: ChatId,
     message_id: MessageId,
 ) -> Result<Message, ApiError> {
@@ -196,7 +169,7 @@ fn lock_message_as_member(
 /// chat's lock, so a member removed meanwhile is seen.
 fn take_seq_as_member(
     tx: &mut Sql<impl GenericClient>,
-    user_id: i64,
+    user_id: UserId,
     chat_id: ChatId,
 ) -> Result<(i64, String), ApiError> {
     let seq = store::take_seq(tx, chat_id)?;
@@ -205,7 +178,7 @@ fn take_seq_as_member(
 }
 
 /// `POST /api/chats/{id}/read`: the marker only moves forward.
-pub fn mark_read(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, ApiError> {
+pub fn mark_read(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let body = ctx.body()?;
     let seq = body.i64("seq")?;
     if seq < 0 {
@@ -216,9 +189,9 @@ pub fn mark_read(ctx: &mut Ctx, user_id: i64, chat_id: ChatId) -> Result<Reply, 
 }
 
 /// Moves the caller's read marker and tells the chat's members; shared by REST and WebSocket.
-pub fn mark_read_up_to(app: &App, db: &mut Db, user_id: i64, chat_id: ChatId, seq: i64) -> Result<(), ApiError> {
+pub fn mark_read_up_to(app: &App, db: &mut Db, user_id: UserId, chat_id: ChatId, seq: i64) -> Result<(), ApiError> {
     let seq = store::move_read_marker(&mut db.sql()?, chat_id, user_id, seq)?.ok_or(ApiError::NotFound)?;
-    events::publish_live(app, Live::Read { chat_id: chat_id.0, user_id, seq });
+    app.publish_live(Live::Read { chat_id, user_id, seq });
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use postgres::Client;
 use sha2::{Digest, Sha256};
 
-use crate::db::describe;
+use crate::error::describe;
 
 /// Arbitrary, fixed: the advisory lock key all migrators agree on.
 const LOCK_KEY: i64 = 0x6d65_7373_6167_6521;
@@ -28,7 +28,7 @@ impl fmt::Display for Error {
 
 impl From<postgres::Error> for Error {
     fn from(error: postgres::Error) -> Error {
-        Error(format!("database: {}", crate::db::describe(&error)))
+        Error(format!("database: {}", describe(&error)))
     }
 }
 
@@ -40,6 +40,13 @@ struct Migration {
     stem: String,
     up: PathBuf,
     down: PathBuf,
+}
+
+/// Connects to `url` with the server's timeouts, for a migration command.
+pub fn connect(url: &str) -> Result<Client, String> {
+    crate::db::connection_config(url)?
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", describe(&e)))
 }
 
 /// Applies every pending migration; returns the stems applied.

@@ -6,9 +6,9 @@
 
 use serde_json::json;
 
+use crate::app::Ctx;
 use crate::error::ApiError;
 use crate::http::Reply;
-use crate::server::Ctx;
 use crate::store;
 
 /// `GET /healthz`

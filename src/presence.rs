@@ -11,16 +11,17 @@
 //! seconds do not count, and a minute later another process deletes them and
 //! announces "offline" for users left with no connection.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::hub::ConnId;
-use crate::notify::Signal;
-use crate::server::App;
+use crate::hub::{ConnId, Hub};
+use crate::log::Log;
+use crate::model::{ChatId, UserId};
+use crate::notify::{Notifier, Signal};
 use crate::store;
+use crate::watch::{Stop, Watch};
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const CLEANUP: Duration = Duration::from_secs(30);
@@ -28,17 +29,20 @@ const CLEANUP: Duration = Duration::from_secs(30);
 /// This process's side of presence.
 pub struct Presence {
     process_id: i64,
+    hub: Hub,
+    notifier: Notifier,
+    log: Log,
     /// Closed connections whose row could not be deleted (database down): retried on each heartbeat.
-    undeleted: Mutex<Vec<(ConnId, i64)>>,
+    undeleted: Mutex<Vec<(ConnId, UserId)>>,
 }
 
 impl Presence {
-    pub fn new(process_id: i64) -> Presence {
-        Presence { process_id, undeleted: Mutex::new(Vec::new()) }
+    pub fn new(process_id: i64, hub: Hub, notifier: Notifier, log: Log) -> Presence {
+        Presence { process_id, hub, notifier, log, undeleted: Mutex::new(Vec::new()) }
     }
 
     /// Records an open connection; `true` if it is the user's only one anywhere.
-    pub fn connected(&self, db: &mut Db, conn: ConnId, user_id: i64) -> Result<bool, ApiError> {
+    pub fn connected(&self, db: &mut Db, conn: ConnId, user_id: UserId) -> Result<bool, ApiError> {
         let process_id = self.process_id;
         db.transaction(|tx| {
             store::lock_user(tx, user_id)?;
@@ -49,7 +53,7 @@ impl Presence {
 
     /// Forgets a closed connection and announces "offline" if it was the
     /// user's last one anywhere.
-    pub fn disconnected(&self, app: &App, db: &mut Db, conn: ConnId, user_id: i64) {
+    pub fn disconnected(&self, db: &mut Db, conn: ConnId, user_id: UserId) {
         let process_id = self.process_id;
         let last = db.transaction(|tx| {
             store::lock_user(tx, user_id)?;
@@ -60,74 +64,93 @@ impl Presence {
             store::list_chat_ids(tx, user_id).map(Some)
         });
         match last {
-            Ok(Some(chat_ids)) => announce(app, user_id, false, chat_ids),
+            Ok(Some(chat_ids)) => self.announce(user_id, false, chat_ids),
             Ok(None) => {}
-            Err(_) => self.forget_later(conn, user_id),
+            Err(error) => {
+                self.log.warn("cannot delete a presence row; retrying later", &[("user", &user_id), ("error", &error)]);
+                self.forget_later(conn, user_id);
+            }
         }
     }
 
     /// Leaves a closed connection's row to the heartbeat, which deletes it
     /// (and announces "offline" if it was the last) once the database answers.
-    pub fn forget_later(&self, conn: ConnId, user_id: i64) {
+    pub fn forget_later(&self, conn: ConnId, user_id: UserId) {
         self.undeleted.lock().unwrap_or_else(PoisonError::into_inner).push((conn, user_id));
     }
 
-    /// Keeps this process alive in the table and retries failed deletions.
-    fn beat(&self, app: &App, db: &mut Db) {
-        if db.sql().and_then(|mut sql| store::beat_process(&mut sql, self.process_id)).is_err() {
+    /// Tells users who share a chat with `user_id`, on every process.
+    pub fn announce(&self, user_id: UserId, online: bool, chat_ids: Vec<ChatId>) {
+        self.notifier.signal(Signal::Presence { user_id, online });
+        self.hub.presence(user_id, online, chat_ids);
+    }
+
+    /// Keeps this process alive in the table and retries failed deletions;
+    /// `Err` when the database did not answer.
+    fn beat(&self, db: &mut Db) -> Result<(), ApiError> {
+        if let Err(error) = db.sql().and_then(|mut sql| store::beat_process(&mut sql, self.process_id)) {
             db.disconnect();
-            return;
+            return Err(error);
         }
         let undeleted = std::mem::take(&mut *self.undeleted.lock().unwrap_or_else(PoisonError::into_inner));
         for (conn, user_id) in undeleted {
-            self.disconnected(app, db, conn, user_id);
+            self.disconnected(db, conn, user_id);
         }
+        Ok(())
+    }
+
+    /// Deletes the rows of processes that died without cleaning up, and
+    /// announces "offline" for their users who have no connection left.
+    fn bury_dead_processes(&self, db: &mut Db) -> Result<(), ApiError> {
+        let users = store::delete_dead_processes(&mut db.sql()?)?;
+        if !users.is_empty() {
+            self.log.info("buried dead processes", &[("thread", &"presence"), ("users", &users.len())]);
+        }
+        for user_id in users {
+            // Under the user's lock, like every other presence change.
+            let offline = db.transaction(|tx| {
+                store::lock_user(tx, user_id)?;
+                match store::count_presence(tx, user_id)? {
+                    0 => store::list_chat_ids(tx, user_id).map(Some),
+                    _ => Ok(None),
+                }
+            })?;
+            if let Some(chat_ids) = offline {
+                self.announce(user_id, false, chat_ids);
+            }
+        }
+        Ok(())
     }
 }
 
-/// Tells users who share a chat with `user_id`, on every process.
-pub fn announce(app: &App, user_id: i64, online: bool, chat_ids: Vec<i64>) {
-    app.notifier.signal(Signal::Presence { user_id, online });
-    app.hub.presence(user_id, online, chat_ids);
-}
-
-/// Starts the heartbeat thread; it ends when the server stops.
-pub fn start_heartbeat(app: Arc<App>) -> Result<(), String> {
-    let mut db = Db::new(&app.config.database_url)?;
-    std::thread::Builder::new()
-        .name("presence".into())
-        .spawn(move || {
+/// Starts the watched heartbeat thread; it ends when the server stops.
+pub fn start(presence: Arc<Presence>, mut db: Db, stop: Stop, watch: &Watch) -> Result<(), String> {
+    watch
+        .spawn("presence", move || {
+            let log = presence.log;
             let mut last_cleanup = Instant::now();
-            while !app.stopping.load(Ordering::SeqCst) {
-                app.presence.beat(&app, &mut db);
-                if last_cleanup.elapsed() >= CLEANUP {
+            let mut failing = false;
+            while !stop.is_set() {
+                let mut outcome = presence.beat(&mut db);
+                if outcome.is_ok() && last_cleanup.elapsed() >= CLEANUP {
                     last_cleanup = Instant::now();
-                    bury_dead_processes(&app, &mut db);
+                    outcome = presence.bury_dead_processes(&mut db);
+                }
+                match outcome {
+                    Err(error) if !failing => {
+                        log.warn("heartbeat failed", &[("thread", &"presence"), ("error", &error)]);
+                        failing = true;
+                    }
+                    Ok(()) if failing => {
+                        log.info("heartbeat works again", &[("thread", &"presence")]);
+                        failing = false;
+                    }
+                    _ => {}
                 }
                 std::thread::sleep(HEARTBEAT);
             }
         })
-        .map_err(|e| format!("cannot start the presence thread: {e}"))?;
-    Ok(())
-}
-
-/// Deletes the rows of processes that died without cleaning up, and
-/// announces "offline" for their users who have no connection left.
-fn bury_dead_processes(app: &App, db: &mut Db) {
-    let Ok(users) = db.sql().and_then(|mut sql| store::delete_dead_processes(&mut sql)) else { return };
-    for user_id in users {
-        // Under the user's lock, like every other presence change.
-        let offline = db.transaction(|tx| {
-            store::lock_user(tx, user_id)?;
-            match store::count_presence(tx, user_id)? {
-                0 => store::list_chat_ids(tx, user_id).map(Some),
-                _ => Ok(None),
-            }
-        });
-        if let Ok(Some(chat_ids)) = offline {
-            announce(app, user_id, false, chat_ids);
-        }
-    }
+        .map(drop)
 }
 
 /// Registers a process before it serves, so its first presence rows count.
@@ -135,7 +158,7 @@ pub fn register_process(database_url: &str, process_id: i64) -> Result<(), Strin
     let mut db = Db::new(database_url)?;
     db.sql()
         .and_then(|mut sql| store::beat_process(&mut sql, process_id))
-        .map_err(|_| "cannot record this process in server_processes".to_string())
+        .map_err(|error| format!("cannot record this process in server_processes: {error}"))
 }
 
 /// Removes a process's rows, so its users go offline at once.

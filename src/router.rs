@@ -1,24 +1,13 @@
 //! (method, path) → `Route`, with typed ids; `404` and `405` with `Allow`.
 //!
 //! Routes are an enum so that dispatch is one `match`, and so that anything
-//! that must name every route (a metrics label, an OpenAPI document, a test)
-//! can walk them (`Route::all`) by their patterns (`Route::name`).
+//! that must name a route (the log line; later a metrics label or an OpenAPI
+//! document) uses its pattern (`Route::name`), never a raw path.
 //! An id that is not a positive integer matches nothing: `404`, as for a
 //! resource that does not exist.
 
 use crate::error::ApiError;
-
-/// A user's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(pub i64);
-
-/// A chat's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChatId(pub i64);
-
-/// A message's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MessageId(pub i64);
+use crate::model::{ChatId, MessageId, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -55,6 +44,7 @@ pub enum Route {
 
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
+    #[cfg(test)]
     pub fn all() -> [Route; 29] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         [

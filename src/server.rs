@@ -9,91 +9,46 @@
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
+
 use crate::accounts;
-use crate::auth::{self, Session};
+use crate::app::{App, Ctx};
+use crate::auth;
 use crate::chats;
-use crate::config::{Config, LogLevel};
+use crate::config::Config;
 use crate::db::{self, Db};
-use crate::error::ApiError;
+use crate::error::{describe, ApiError};
 use crate::events;
-use crate::http::{self, Body, Query, Reply};
+use crate::http::{self, Reply};
 use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::legacy;
+use crate::listen;
+use crate::log::{Level, Log, OrDash};
 use crate::messages;
 use crate::migrate;
-use crate::notify::{self, Notifier};
+use crate::notify::Notifier;
 use crate::ops;
 use crate::presence::{self, Presence};
 use crate::ratelimit::FailureLimiter;
-use crate::router::{self, Route, UserId};
+use crate::router::{self, Route};
+use crate::watch::{panic_message, Stop, Watch};
 use crate::ws;
-
-/// What every worker shares: configuration and process-wide state.
-pub struct App {
-    pub config: Config,
-    pub login_failures: FailureLimiter,
-    /// Verified against when a login is unknown, so that case costs the same;
-    /// made on first use, so start-up does not pay for a slow hash.
-    pub decoy_password_hash: OnceLock<String>,
-    /// The WebSocket endpoint, as clients should dial it.
-    pub ws_url: String,
-    /// This process among the others sharing the database (random, positive).
-    pub process_id: i64,
-    pub presence: Presence,
-    pub hub: Hub,
-    pub notifier: Notifier,
-    pub jobs: Jobs,
-    pub next_conn: AtomicU64,
-    /// WebSockets open now, against `WS_MAX_CONNECTIONS`.
-    pub ws_open: AtomicUsize,
-    pub stopping: AtomicBool,
-}
-
-/// One request being handled, with its worker's connection.
-pub struct Ctx<'a> {
-    pub app: &'a App,
-    pub db: &'a mut Db,
-    pub request: &'a mut tiny_http::Request,
-    /// Set once the caller is known, for the log line.
-    pub user_id: Option<UserId>,
-}
-
-impl Ctx<'_> {
-    /// The JSON object body, under the size limit.
-    pub fn body(&mut self) -> Result<Body, ApiError> {
-        http::read_json(self.request, self.app.config.max_body_bytes)
-    }
-
-    pub fn query(&self) -> Query {
-        Query::parse(self.request.url())
-    }
-
-    /// The caller's session, or `401`.
-    pub fn authenticate(&mut self) -> Result<Session, ApiError> {
-        let session = auth::require(self.db, http::header(self.request, "Authorization"))?;
-        self.user_id = Some(UserId(session.user.id));
-        Ok(session)
-    }
-
-    /// The peer's IP address (the key of per-address limits).
-    pub fn client_address(&self) -> String {
-        self.request.remote_addr().map_or_else(|| "unknown".into(), |addr| addr.ip().to_string())
-    }
-}
 
 /// A started server. Dropping it stops the server: workers finish their
 /// requests, WebSockets are closed with 1001, background threads end.
 pub struct Running {
     app: Arc<App>,
+    process_id: i64,
     http_addr: SocketAddr,
     ws_addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
+    /// The names of watched threads that died.
+    deaths: Receiver<String>,
 }
 
 impl Running {
@@ -105,10 +60,12 @@ impl Running {
         self.ws_addr
     }
 
-    /// Blocks until the server stops (it does not stop on its own).
-    pub fn wait(mut self) {
-        for worker in std::mem::take(&mut self.workers) {
-            let _ = worker.join();
+    /// Blocks while the server runs; it does not stop on its own, so this
+    /// returns only when a watched thread died, saying which.
+    pub fn wait(self) -> Result<(), String> {
+        match self.deaths.recv() {
+            Ok(thread) => Err(format!("the {thread} thread died; stopping so that a supervisor restarts the server")),
+            Err(_) => Ok(()),
         }
     }
 
@@ -118,14 +75,14 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.app.stopping.store(true, Ordering::SeqCst);
+        self.app.stop.set();
         self.app.hub.shutdown();
         // Wakes the WebSocket accept loop so it sees the flag.
         let _ = std::net::TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
         for worker in std::mem::take(&mut self.workers) {
             let _ = worker.join();
         }
-        presence::forget_process(&self.app.config.database_url, self.app.process_id);
+        presence::forget_process(&self.app.config.database_url, self.process_id);
     }
 }
 
@@ -140,7 +97,7 @@ const RECV_TICK: Duration = Duration::from_millis(250);
 pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListener) -> Result<Running, String> {
     let mut client = db::connection_config(&config.database_url)?
         .connect(postgres::NoTls)
-        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", db::describe(&e)))?;
+        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", describe(&e)))?;
     let pending = migrate::pending(&mut client, Path::new(&config.migrations_dir)).map_err(|e| e.to_string())?;
     if !pending.is_empty() {
         return Err(format!("{} migration(s) pending ({}): run `make migrate`", pending.len(), pending.join(", ")));
@@ -151,80 +108,108 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
     let http = Arc::new(tiny_http::Server::from_listener(http_listener, None).map_err(|e| e.to_string())?);
     let process_id = i64::from_le_bytes(auth::random_bytes()) & i64::MAX;
-    let jobs = Jobs::start(&config.database_url, (config.workers / 2).max(2))?;
-    let notifier = Notifier::start(&config.database_url, process_id)?;
-    let hub = Hub::start(jobs.clone(), notifier.clone())?;
-    presence::register_process(&config.database_url, process_id)?;
+    let log = Log::new(config.log);
+    let stop = Stop::default();
+    let (watch, deaths) = Watch::new(stop.clone(), log, config.fault.clone());
+    let url = &config.database_url;
+    let jobs = Jobs::start(url, (config.workers / 2).max(2), log, &watch)?;
+    let notifier = Notifier::start(url, process_id, log, &watch)?;
+    let hub = Hub::start(jobs.clone(), notifier.clone(), log, &watch)?;
+    let presence = Arc::new(Presence::new(process_id, hub.clone(), notifier.clone(), log));
+    presence::register_process(url, process_id)?;
+    listen::start(Db::new(url)?, process_id, hub.clone(), stop.clone(), log, &watch)?;
+    presence::start(presence.clone(), Db::new(url)?, stop.clone(), &watch)?;
     let app = Arc::new(App {
+        log,
         login_failures: FailureLimiter::new(config.rate_limits),
         decoy_password_hash: OnceLock::new(),
         ws_url: format!("ws://{ws_addr}/ws"),
-        process_id,
-        presence: Presence::new(process_id),
+        presence,
         hub,
         notifier,
         jobs,
-        next_conn: AtomicU64::new(1),
-        ws_open: AtomicUsize::new(0),
-        stopping: AtomicBool::new(false),
+        stop,
         config,
     });
-    notify::listen(app.clone())?;
-    presence::start_heartbeat(app.clone())?;
-    ws::listen(app.clone(), ws_listener)?;
+    ws::listen(app.clone(), ws_listener, &watch)?;
     let mut workers = Vec::new();
     for idx in 0..app.config.workers {
         let (http, app) = (http.clone(), app.clone());
         let mut db = Db::new(&app.config.database_url)?;
-        let worker = std::thread::Builder::new()
-            .name(format!("http-{idx}"))
-            .spawn(move || {
-                while !app.stopping.load(Ordering::SeqCst) {
-                    match http.recv_timeout(RECV_TICK) {
-                        Ok(Some(request)) => handle(&app, &mut db, request),
-                        Ok(None) => {}
-                        Err(error) => log(&app, LogLevel::Error, &format!("accept failed: {error}")),
-                    }
+        let worker = watch.spawn(&format!("http-{idx}"), move || {
+            while !app.stop.is_set() {
+                match http.recv_timeout(RECV_TICK) {
+                    Ok(Some(request)) => handle(&app, &mut db, request),
+                    Ok(None) => {}
+                    Err(error) => app.log.error("HTTP accept failed", &[("error", &error)]),
                 }
-            })
-            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+            }
+        })?;
         workers.push(worker);
     }
-    Ok(Running { app, http_addr, ws_addr, workers })
+    Ok(Running { app, process_id, http_addr, ws_addr, workers, deaths })
 }
 
 /// One request, start to finish. Never panics out: the worker lives on.
 fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
     let started = Instant::now();
+    let request_id = request_id(http::header(&request, "X-Request-Id"));
     let method = request.method().as_str().to_string();
+    let mut route = None;
     let mut ctx = Ctx { app, db, request: &mut request, user_id: None };
-    let outcome = catch_unwind(AssertUnwindSafe(|| dispatch(&mut ctx)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| dispatch(&mut ctx, &mut route)));
     let user_id = ctx.user_id;
     let (reply, failure) = match outcome {
         Ok(Ok(reply)) => (reply, None),
         Ok(Err(error)) => (Reply::error(&error), Some(error)),
-        Err(_) => {
-            (Reply::error(&ApiError::Internal(String::new())), Some(ApiError::Internal("handler panicked".into())))
+        Err(panic) => {
+            let cause = format!("handler panicked: {}", panic_message(panic.as_ref()));
+            (Reply::error(&ApiError::Internal(String::new())), Some(ApiError::Internal(cause)))
         }
     };
-    if matches!(failure, Some(ApiError::Internal(_) | ApiError::Unavailable)) {
+    if matches!(failure, Some(ApiError::Internal(_) | ApiError::Unavailable(_))) {
         db.disconnect();
     }
     let status = reply.status;
     let path: String = request.url().split('?').next().unwrap_or("").chars().take(200).collect();
-    let _ = request.respond(tiny_response(reply));
-    let user = user_id.map_or_else(|| "-".to_string(), |id| id.0.to_string());
-    let line = format!("{method} {path} {status} {}us user={user}", started.elapsed().as_micros());
-    match failure {
-        Some(error @ ApiError::Internal(_)) => log(app, LogLevel::Error, &format!("{line} {error}")),
-        _ => log(app, LogLevel::Info, &line),
+    let _ = request.respond(tiny_response(reply, &request_id));
+    let level = failure.as_ref().map_or(Level::Info, ApiError::log_level);
+    if !app.log.enabled(level) {
+        return;
+    }
+    let (route, user, us) = (OrDash(route.map(|r: Route| r.name())), OrDash(user_id), started.elapsed().as_micros());
+    let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
+        ("req", &request_id),
+        ("method", &method),
+        ("path", &path),
+        ("route", &route),
+        ("status", &status),
+        ("us", &us),
+        ("user", &user),
+    ];
+    if let Some(error) = failure.as_ref().filter(|_| level < Level::Info) {
+        fields.push(("error", error));
+    }
+    app.log.write(level, "request", &fields);
+}
+
+/// The client's `X-Request-Id` when it is a plain token (a proxy's, say),
+/// else a fresh one: 16 hex digits.
+fn request_id(given: Option<&str>) -> String {
+    let plain =
+        |id: &str| (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    match given {
+        Some(id) if plain(id) => id.to_string(),
+        _ => auth::random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 
 /// Routes the request and runs its handler. Public routes are answered in the
-/// first `match`; every route past it needs a live session.
-fn dispatch(ctx: &mut Ctx) -> Result<Reply, ApiError> {
+/// first `match`; every route past it needs a live session. The route is
+/// left in `matched` for the log line.
+fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiError> {
     let route = router::route(ctx.request.method().as_str(), ctx.request.url())?;
+    *matched = Some(route);
     match route {
         Route::Healthz => return ops::healthz(),
         Route::Readyz => return ops::readyz(ctx),
@@ -270,9 +255,10 @@ fn dispatch(ctx: &mut Ctx) -> Result<Reply, ApiError> {
     }
 }
 
-fn tiny_response(reply: Reply) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+fn tiny_response(reply: Reply, request_id: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let has_body = !reply.body.is_empty();
     let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    response.add_header(header("X-Request-Id", request_id));
     if has_body {
         response.add_header(header("Content-Type", "application/json"));
     }
@@ -286,9 +272,17 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header names and values we set are ASCII")
 }
 
-/// Writes one line to stderr if the configured level lets it through.
-pub fn log(app: &App, level: LogLevel, line: &str) {
-    if app.config.log >= level {
-        eprintln!("{line}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_client_request_id_is_kept_and_anything_else_replaced() {
+        assert_eq!(request_id(Some("abc-123_x.y")), "abc-123_x.y");
+        for given in [None, Some(""), Some("has space"), Some("quote\""), Some(&*"x".repeat(65))] {
+            let made = request_id(given);
+            assert!(made.len() == 16 && made.bytes().all(|b| b.is_ascii_hexdigit()), "{given:?} gave {made}");
+        }
+        assert_ne!(request_id(None), request_id(None));
     }
 }

@@ -4,22 +4,52 @@
 //! `&'static str`, so `db.rs` prepares it once per connection and reuses it.
 
 use std::collections::HashMap;
+use std::error::Error;
 use std::time::Duration;
 
 use postgres::error::SqlState;
+use postgres::types::private::BytesMut;
+use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use postgres::{GenericClient, Row};
+use serde_json::Value;
 use time::OffsetDateTime;
 
-use serde_json::Value;
-
-use crate::accounts::{Me, User};
-use crate::auth::Session;
-use crate::chats::{Chat, ChatInfo, Member, NewChat};
 use crate::db::Sql;
 use crate::error::ApiError;
-use crate::events::{self, Event, Payload};
-use crate::messages::Message;
-use crate::router::{ChatId, MessageId, UserId};
+use crate::model::{
+    Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Session, SessionId,
+    User, UserId,
+};
+
+/// The id newtypes go to and from PostgreSQL as the `bigint` they wrap, so
+/// every statement below takes and returns them typed.
+macro_rules! sql_ids {
+    ($($id:ident),*) => {$(
+        impl ToSql for $id {
+            fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+                self.0.to_sql(ty, out)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <i64 as ToSql>::accepts(ty)
+            }
+
+            to_sql_checked!();
+        }
+
+        impl<'a> FromSql<'a> for $id {
+            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<$id, Box<dyn Error + Sync + Send>> {
+                i64::from_sql(ty, raw).map($id)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <i64 as FromSql>::accepts(ty)
+            }
+        }
+    )*};
+}
+
+sql_ids!(UserId, ChatId, MessageId, SessionId);
 
 fn me_from(row: &Row, first: usize) -> Me {
     Me { id: row.get(first), username: row.get(first + 1), email: row.get(first + 2), created_at: row.get(first + 3) }
@@ -66,7 +96,7 @@ pub fn find_user_by_login(sql: &mut Sql<impl GenericClient>, login: &str) -> Res
 pub fn insert_session(
     sql: &mut Sql<impl GenericClient>,
     token_hash: &[u8; 32],
-    user_id: i64,
+    user_id: UserId,
     ttl: Duration,
 ) -> Result<OffsetDateTime, ApiError> {
     sql.execute("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= now()", &[&user_id])?;
@@ -90,13 +120,13 @@ pub fn find_session(sql: &mut Sql<impl GenericClient>, token_hash: &[u8; 32]) ->
     Ok(row.map(|row| Session { id: row.get(0), user: me_from(&row, 1) }))
 }
 
-pub fn delete_session(sql: &mut Sql<impl GenericClient>, session_id: i64) -> Result<(), ApiError> {
+pub fn delete_session(sql: &mut Sql<impl GenericClient>, session_id: SessionId) -> Result<(), ApiError> {
     sql.execute("DELETE FROM sessions WHERE id = $1", &[&session_id])?;
     Ok(())
 }
 
 /// Deletes every session of a user; returns their ids.
-pub fn delete_user_sessions(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<Vec<i64>, ApiError> {
+pub fn delete_user_sessions(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Vec<SessionId>, ApiError> {
     let rows = sql.query("DELETE FROM sessions WHERE user_id = $1 RETURNING id", &[&user_id])?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
@@ -126,12 +156,12 @@ pub fn search_users(sql: &mut Sql<impl GenericClient>, prefix: &str, limit: i64)
 /// Another user as the API shows them.
 pub fn find_user(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Option<User>, ApiError> {
     let row =
-        sql.query_opt(concat!("SELECT id, username, ", online_column!(), " FROM users WHERE id = $1"), &[&user_id.0])?;
+        sql.query_opt(concat!("SELECT id, username, ", online_column!(), " FROM users WHERE id = $1"), &[&user_id])?;
     Ok(row.map(|row| User { id: row.get(0), username: row.get(1), online: row.get(2) }))
 }
 
 pub fn find_username(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Option<String>, ApiError> {
-    Ok(sql.query_opt("SELECT username FROM users WHERE id = $1", &[&user_id.0])?.map(|row| row.get(0)))
+    Ok(sql.query_opt("SELECT username FROM users WHERE id = $1", &[&user_id])?.map(|row| row.get(0)))
 }
 
 /// Escapes `\`, `%` and `_` so user text matches itself in a LIKE pattern.
@@ -171,18 +201,19 @@ fn message_from(row: &Row, first: usize) -> Message {
 }
 
 /// How many of `ids` are existing users.
-pub fn count_users(sql: &mut Sql<impl GenericClient>, ids: &[i64]) -> Result<i64, ApiError> {
+pub fn count_users(sql: &mut Sql<impl GenericClient>, ids: &[UserId]) -> Result<i64, ApiError> {
     Ok(sql.query_one("SELECT count(*) FROM users WHERE id = ANY($1)", &[&ids])?.get(0))
 }
 
-/// Stores a chat, its members and its first events (`chat.created`, then one
-/// `member.added` per member, the creator first). `None` when it is a direct
-/// chat that already exists.
+/// Stores a chat and its members, the creator first (a group's owner), and
+/// takes seqs 1 to n + 1 for its first events, which the caller appends in
+/// the same transaction (`chat.created`, then one `member.added` per member,
+/// in the order returned). `None` when it is a direct chat that already exists.
 pub fn insert_chat(
     sql: &mut Sql<impl GenericClient>,
-    creator: i64,
+    creator: UserId,
     new_chat: &NewChat,
-) -> Result<Option<ChatId>, ApiError> {
+) -> Result<Option<(ChatInfo, Vec<Member>)>, ApiError> {
     let mut member_ids = vec![creator];
     member_ids.extend_from_slice(&new_chat.member_ids);
     let (low, high) = match new_chat.is_group {
@@ -192,46 +223,40 @@ pub fn insert_chat(
     let last_seq = 1 + member_ids.len() as i64;
     let row = sql.query_opt(
         "INSERT INTO chats (is_group, title, last_seq, direct_low, direct_high) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (direct_low, direct_high) DO NOTHING RETURNING id",
+         ON CONFLICT (direct_low, direct_high) DO NOTHING RETURNING id, is_group, title",
         &[&new_chat.is_group, &new_chat.title, &last_seq, &low, &high],
     )?;
     let Some(row) = row else { return Ok(None) };
-    let chat_id: i64 = row.get(0);
-    sql.execute(
-        "INSERT INTO chat_members (chat_id, user_id, role)
-         SELECT $1, user_id, CASE WHEN ord = 1 AND $3 THEN 'owner' ELSE 'member' END
-         FROM unnest($2::bigint[]) WITH ORDINALITY AS m (user_id, ord)",
-        &[&chat_id, &member_ids, &new_chat.is_group],
+    let info = ChatInfo { id: row.get(0), is_group: row.get(1), title: row.get(2) };
+    let rows = sql.query(
+        "WITH added AS (
+            INSERT INTO chat_members (chat_id, user_id, role)
+            SELECT $1, user_id, CASE WHEN ord = 1 AND $3 THEN 'owner' ELSE 'member' END
+            FROM unnest($2::bigint[]) WITH ORDINALITY AS m (user_id, ord)
+            RETURNING user_id, role
+         )
+         SELECT u.id, u.username, a.role
+         FROM unnest($2::bigint[]) WITH ORDINALITY AS m (user_id, ord)
+         JOIN added a ON a.user_id = m.user_id JOIN users u ON u.id = m.user_id
+         ORDER BY m.ord",
+        &[&info.id, &member_ids, &new_chat.is_group],
     )?;
-    sql.execute(
-        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload)
-         SELECT $1, 1, 'chat.created', $2, jsonb_build_object('id', id, 'is_group', is_group, 'title', title)
-         FROM chats WHERE id = $1",
-        &[&chat_id, &creator],
-    )?;
-    sql.execute(
-        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload)
-         SELECT $1, 1 + m.ord, 'member.added', $2, jsonb_build_object('id', u.id, 'username', u.username, 'role', cm.role)
-         FROM unnest($3::bigint[]) WITH ORDINALITY AS m (user_id, ord)
-         JOIN users u ON u.id = m.user_id
-         JOIN chat_members cm ON cm.chat_id = $1 AND cm.user_id = m.user_id",
-        &[&chat_id, &creator, &member_ids],
-    )?;
-    Ok(Some(ChatId(chat_id)))
+    let members = rows.iter().map(|row| Member { id: row.get(0), username: row.get(1), role: row.get(2) }).collect();
+    Ok(Some((info, members)))
 }
 
 /// The direct chat between two users, if any.
-pub fn find_direct_chat(sql: &mut Sql<impl GenericClient>, a: i64, b: i64) -> Result<Option<ChatId>, ApiError> {
+pub fn find_direct_chat(sql: &mut Sql<impl GenericClient>, a: UserId, b: UserId) -> Result<Option<ChatId>, ApiError> {
     let row =
         sql.query_opt("SELECT id FROM chats WHERE direct_low = $1 AND direct_high = $2", &[&a.min(b), &a.max(b)])?;
-    Ok(row.map(|row| ChatId(row.get(0))))
+    Ok(row.map(|row| row.get(0)))
 }
 
 /// The user's chats (or one of them), most recent activity first, with
 /// members, last message and unread count: two queries whatever the count.
 pub fn list_chats(
     sql: &mut Sql<impl GenericClient>,
-    user_id: i64,
+    user_id: UserId,
     only: Option<ChatId>,
 ) -> Result<Vec<Chat>, ApiError> {
     let only = only.map(|chat| chat.0);
@@ -261,19 +286,19 @@ pub fn list_chats(
             last_seq: row.get(4),
             last_read_seq: row.get(5),
             unread_count: row.get(6),
-            last_message: row.get::<_, Option<i64>>(7).map(|_| message_from(row, 7)),
+            last_message: row.get::<_, Option<MessageId>>(7).map(|_| message_from(row, 7)),
             members: Vec::new(),
         })
         .collect();
-    let chat_ids: Vec<i64> = chats.iter().map(|chat| chat.id).collect();
-    let position: HashMap<i64, usize> = chat_ids.iter().enumerate().map(|(idx, id)| (*id, idx)).collect();
+    let chat_ids: Vec<ChatId> = chats.iter().map(|chat| chat.id).collect();
+    let position: HashMap<ChatId, usize> = chat_ids.iter().enumerate().map(|(idx, id)| (*id, idx)).collect();
     let members = sql.query(
         "SELECT cm.chat_id, u.id, u.username, cm.role FROM chat_members cm JOIN users u ON u.id = cm.user_id
          WHERE cm.chat_id = ANY($1) ORDER BY cm.chat_id, cm.joined_at, cm.user_id",
         &[&chat_ids],
     )?;
     for row in members {
-        let chat_id: i64 = row.get(0);
+        let chat_id: ChatId = row.get(0);
         if let Some(idx) = position.get(&chat_id) {
             chats[*idx].members.push(Member { id: row.get(1), username: row.get(2), role: row.get(3) });
         }
@@ -282,30 +307,31 @@ pub fn list_chats(
 }
 
 /// The caller's role in a chat; `None` for a non-member or a chat that does not exist.
-pub fn find_role(sql: &mut Sql<impl GenericClient>, chat_id: ChatId, user_id: i64) -> Result<Option<String>, ApiError> {
+pub fn find_role(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    user_id: UserId,
+) -> Result<Option<String>, ApiError> {
     let row =
-        sql.query_opt("SELECT role FROM chat_members WHERE chat_id = $1 AND user_id = $2", &[&chat_id.0, &user_id])?;
+        sql.query_opt("SELECT role FROM chat_members WHERE chat_id = $1 AND user_id = $2", &[&chat_id, &user_id])?;
     Ok(row.map(|row| row.get(0)))
 }
 
 pub fn is_group(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<bool, ApiError> {
-    Ok(sql.query_one("SELECT is_group FROM chats WHERE id = $1", &[&chat_id.0])?.get(0))
+    Ok(sql.query_one("SELECT is_group FROM chats WHERE id = $1", &[&chat_id])?.get(0))
 }
 
 pub fn count_members(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<i64, ApiError> {
-    Ok(sql.query_one("SELECT count(*) FROM chat_members WHERE chat_id = $1", &[&chat_id.0])?.get(0))
+    Ok(sql.query_one("SELECT count(*) FROM chat_members WHERE chat_id = $1", &[&chat_id])?.get(0))
 }
 
 pub fn insert_member(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
-    user_id: i64,
+    user_id: UserId,
     role: &str,
 ) -> Result<(), ApiError> {
-    sql.execute(
-        "INSERT INTO chat_members (chat_id, user_id, role) VALUES ($1, $2, $3)",
-        &[&chat_id.0, &user_id, &role],
-    )?;
+    sql.execute("INSERT INTO chat_members (chat_id, user_id, role) VALUES ($1, $2, $3)", &[&chat_id, &user_id, &role])?;
     Ok(())
 }
 
@@ -313,11 +339,11 @@ pub fn insert_member(
 pub fn delete_member(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
-    user_id: i64,
+    user_id: UserId,
 ) -> Result<Option<String>, ApiError> {
     let row = sql.query_opt(
         "DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING role",
-        &[&chat_id.0, &user_id],
+        &[&chat_id, &user_id],
     )?;
     Ok(row.map(|row| row.get(0)))
 }
@@ -330,7 +356,7 @@ pub fn promote_longest_standing(sql: &mut Sql<impl GenericClient>, chat_id: Chat
         "UPDATE chat_members SET role = 'owner' WHERE chat_id = $1 AND user_id =
             (SELECT user_id FROM chat_members WHERE chat_id = $1
              ORDER BY joined_at, user_id LIMIT 1 FOR KEY SHARE SKIP LOCKED)",
-        &[&chat_id.0],
+        &[&chat_id],
     )?;
     Ok(())
 }
@@ -340,15 +366,15 @@ pub fn update_chat_title(
     chat_id: ChatId,
     title: &str,
 ) -> Result<ChatInfo, ApiError> {
-    let row = sql
-        .query_one("UPDATE chats SET title = $2 WHERE id = $1 RETURNING id, is_group, title", &[&chat_id.0, &title])?;
+    let row =
+        sql.query_one("UPDATE chats SET title = $2 WHERE id = $1 RETURNING id, is_group, title", &[&chat_id, &title])?;
     Ok(ChatInfo { id: row.get(0), is_group: row.get(1), title: row.get(2) })
 }
 
 /// Locks the chat row without taking a seq, for changes that may turn out
 /// to change nothing.
 pub fn lock_chat(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<(), ApiError> {
-    sql.query_one("SELECT id FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id.0])?;
+    sql.query_one("SELECT id FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id])?;
     Ok(())
 }
 
@@ -357,37 +383,62 @@ pub fn lock_chat(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<(
 pub fn take_seq(sql: &mut Sql<impl GenericClient>, chat_id: ChatId) -> Result<i64, ApiError> {
     let row = sql.query_one(
         "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = $1 RETURNING last_seq",
-        &[&chat_id.0],
+        &[&chat_id],
     )?;
     Ok(row.get(0))
 }
 
-/// What a stored event carries: a message event points at the message, so
-/// a read shows its current state; chat and member events keep their payload.
-pub enum Stored<'a> {
-    Payload(&'a Value),
-    Message(MessageId),
+/// Appends events with consecutive seqs from `first_seq` to a chat's log,
+/// in one statement, and returns them as stored. A message event stores only
+/// the message's id, so a read shows the message's current state; a chat or
+/// member event stores its payload's JSON, as serde writes it.
+pub fn insert_events(
+    sql: &mut Sql<impl GenericClient>,
+    chat_id: ChatId,
+    first_seq: i64,
+    actor_id: UserId,
+    changes: Vec<(EventKind, Payload)>,
+) -> Result<Vec<Event>, ApiError> {
+    let mut kinds = Vec::with_capacity(changes.len());
+    let mut payloads: Vec<Option<Value>> = Vec::with_capacity(changes.len());
+    let mut message_ids = Vec::with_capacity(changes.len());
+    for (kind, payload) in &changes {
+        kinds.push(kind.as_str());
+        let (stored, message_id) = match payload {
+            Payload::Message(message) => (None, Some(message.id)),
+            Payload::Member(member) => (Some(encode(member)?), None),
+            Payload::Chat(info) => (Some(encode(info)?), None),
+        };
+        payloads.push(stored);
+        message_ids.push(message_id);
+    }
+    let rows = sql.query(
+        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload, message_id)
+         SELECT $1, $2 + e.ord - 1, e.type, $3, e.payload, e.message_id
+         FROM unnest($4::text[], $5::jsonb[], $6::bigint[]) WITH ORDINALITY AS e (type, payload, message_id, ord)
+         RETURNING seq, created_at",
+        &[&chat_id, &first_seq, &actor_id, &kinds, &payloads, &message_ids],
+    )?;
+    let created: HashMap<i64, OffsetDateTime> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let mut events = Vec::with_capacity(changes.len());
+    for (seq, (kind, payload)) in (first_seq..).zip(changes) {
+        let created_at = *created.get(&seq).ok_or_else(|| ApiError::Internal(format!("event {seq} not stored")))?;
+        events.push(Event { chat_id, seq, kind, created_at, actor_id, payload });
+    }
+    Ok(events)
 }
 
-/// Appends an event to a chat's log; returns its time.
+/// Appends one event to a chat's log and returns it as stored.
 pub fn insert_event(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
     seq: i64,
-    kind: &str,
-    actor_id: i64,
-    stored: Stored,
-) -> Result<OffsetDateTime, ApiError> {
-    let (payload, message_id) = match stored {
-        Stored::Payload(payload) => (Some(payload), None),
-        Stored::Message(message_id) => (None, Some(message_id.0)),
-    };
-    let row = sql.query_one(
-        "INSERT INTO chat_events (chat_id, seq, type, actor_id, payload, message_id) VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING created_at",
-        &[&chat_id.0, &seq, &kind, &actor_id, &payload, &message_id],
-    )?;
-    Ok(row.get(0))
+    kind: EventKind,
+    actor_id: UserId,
+    payload: Payload,
+) -> Result<Event, ApiError> {
+    let mut events = insert_events(sql, chat_id, seq, actor_id, vec![(kind, payload)])?;
+    events.pop().ok_or_else(|| ApiError::Internal("an inserted event was not returned".into()))
 }
 
 /// Events with `seq > after`, ascending.
@@ -406,21 +457,28 @@ pub fn list_events(
             " FROM messages WHERE id = e.message_id) m ON true
              WHERE e.chat_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
         ),
-        &[&chat_id.0, &after, &limit],
+        &[&chat_id, &after, &limit],
     )?;
     rows.iter().map(event_from).collect()
 }
 
 fn event_from(row: &Row) -> Result<Event, ApiError> {
     let stored: &str = row.get(2);
-    let kind = events::kind(stored).ok_or_else(|| ApiError::Internal(format!("unknown event type {stored}")))?;
-    let payload = match (row.get::<_, Option<Value>>(5), row.get::<_, Option<i64>>(6)) {
-        (_, Some(_)) => Payload::Message(message_from(row, 6)),
-        (Some(json), None) if kind.starts_with("member.") => Payload::Member(decode(json)?),
-        (Some(json), None) => Payload::Chat(decode(json)?),
-        (None, None) => return Err(ApiError::Internal(format!("event {stored} has no payload"))),
+    let kind = EventKind::parse(stored).ok_or_else(|| ApiError::Internal(format!("unknown event type {stored}")))?;
+    let (json, message_id) = (row.get::<_, Option<Value>>(5), row.get::<_, Option<MessageId>>(6));
+    let payload = match (kind, json, message_id) {
+        (EventKind::MessageCreated | EventKind::MessageUpdated | EventKind::MessageDeleted, _, Some(_)) => {
+            Payload::Message(message_from(row, 6))
+        }
+        (EventKind::MemberAdded | EventKind::MemberRemoved, Some(json), _) => Payload::Member(decode(json)?),
+        (EventKind::ChatCreated | EventKind::ChatUpdated, Some(json), _) => Payload::Chat(decode(json)?),
+        _ => return Err(ApiError::Internal(format!("event {stored} has no payload"))),
     };
     Ok(Event { chat_id: row.get(0), seq: row.get(1), kind, created_at: row.get(3), actor_id: row.get(4), payload })
+}
+
+fn encode(payload: &impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(payload).map_err(|e| ApiError::Internal(format!("event payload: {e}")))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T, ApiError> {
@@ -438,7 +496,7 @@ fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T, ApiError> {
 pub fn insert_message(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
-    sender_id: i64,
+    sender_id: UserId,
     content: &str,
     client_id: Option<&str>,
 ) -> Result<Option<Message>, ApiError> {
@@ -464,7 +522,7 @@ pub fn insert_message(
             message_columns!(),
             " FROM message"
         ),
-        &[&chat_id.0, &sender_id, &content, &client_id],
+        &[&chat_id, &sender_id, &content, &client_id],
     );
     match inserted {
         Ok(row) => Ok(row.map(|row| message_from(&row, 0))),
@@ -479,7 +537,7 @@ pub fn insert_message(
 pub fn find_message_by_client_id(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
-    sender_id: i64,
+    sender_id: UserId,
     client_id: &str,
 ) -> Result<Option<Message>, ApiError> {
     let row = sql.query_opt(
@@ -489,7 +547,7 @@ pub fn find_message_by_client_id(
             " FROM messages WHERE chat_id = $1 AND sender_id = $2 AND client_id = $3
               AND EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)"
         ),
-        &[&chat_id.0, &sender_id, &client_id],
+        &[&chat_id, &sender_id, &client_id],
     )?;
     Ok(row.map(|row| message_from(&row, 0)))
 }
@@ -507,7 +565,7 @@ pub fn list_messages_before(
             message_columns!(),
             " FROM messages WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
         ),
-        &[&chat_id.0, &before, &limit],
+        &[&chat_id, &before, &limit],
     )?;
     Ok(rows.iter().map(|row| message_from(row, 0)).collect())
 }
@@ -521,7 +579,7 @@ pub fn list_messages_after(
 ) -> Result<Vec<Message>, ApiError> {
     let rows = sql.query(
         concat!("SELECT ", message_columns!(), " FROM messages WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
-        &[&chat_id.0, &after, &limit],
+        &[&chat_id, &after, &limit],
     )?;
     Ok(rows.iter().map(|row| message_from(row, 0)).collect())
 }
@@ -536,7 +594,7 @@ pub fn lock_message(
 ) -> Result<Option<Message>, ApiError> {
     let row = sql.query_opt(
         concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $2 AND chat_id = $1 FOR UPDATE"),
-        &[&chat_id.0, &message_id.0],
+        &[&chat_id, &message_id],
     )?;
     Ok(row.map(|row| message_from(&row, 0)))
 }
@@ -548,7 +606,7 @@ pub fn update_message_content(
 ) -> Result<Message, ApiError> {
     let row = sql.query_one(
         concat!("UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING ", message_columns!()),
-        &[&message_id.0, &content],
+        &[&message_id, &content],
     )?;
     Ok(message_from(&row, 0))
 }
@@ -557,7 +615,7 @@ pub fn update_message_content(
 pub fn tombstone_message(sql: &mut Sql<impl GenericClient>, message_id: MessageId) -> Result<Message, ApiError> {
     let row = sql.query_one(
         concat!("UPDATE messages SET content = '', deleted = true WHERE id = $1 RETURNING ", message_columns!()),
-        &[&message_id.0],
+        &[&message_id],
     )?;
     Ok(message_from(&row, 0))
 }
@@ -567,14 +625,14 @@ pub fn tombstone_message(sql: &mut Sql<impl GenericClient>, message_id: MessageI
 pub fn move_read_marker(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
-    user_id: i64,
+    user_id: UserId,
     seq: i64,
 ) -> Result<Option<i64>, ApiError> {
     let row = sql.query_opt(
         "UPDATE chat_members m SET last_read_seq = GREATEST(m.last_read_seq, LEAST($3, c.last_seq))
          FROM chats c WHERE c.id = m.chat_id AND m.chat_id = $1 AND m.user_id = $2
          RETURNING m.last_read_seq",
-        &[&chat_id.0, &user_id, &seq],
+        &[&chat_id, &user_id, &seq],
     )?;
     Ok(row.map(|row| row.get(0)))
 }
@@ -595,7 +653,10 @@ pub fn use_ticket_nonce(sql: &mut Sql<impl GenericClient>, nonce: &str, expires_
 }
 
 /// The live session with this id, with its user.
-pub fn find_session_by_id(sql: &mut Sql<impl GenericClient>, session_id: i64) -> Result<Option<Session>, ApiError> {
+pub fn find_session_by_id(
+    sql: &mut Sql<impl GenericClient>,
+    session_id: SessionId,
+) -> Result<Option<Session>, ApiError> {
     let row = sql.query_opt(
         "SELECT s.id, u.id, u.username, u.email, u.created_at
          FROM sessions s JOIN users u ON u.id = s.user_id
@@ -606,13 +667,16 @@ pub fn find_session_by_id(sql: &mut Sql<impl GenericClient>, session_id: i64) ->
 }
 
 /// Which of these sessions still exist and have not expired.
-pub fn find_live_sessions(sql: &mut Sql<impl GenericClient>, session_ids: &[i64]) -> Result<Vec<i64>, ApiError> {
+pub fn find_live_sessions(
+    sql: &mut Sql<impl GenericClient>,
+    session_ids: &[SessionId],
+) -> Result<Vec<SessionId>, ApiError> {
     let rows = sql.query("SELECT id FROM sessions WHERE id = ANY($1) AND expires_at > now()", &[&session_ids])?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Each of the user's chats with its last seq: the `ready` snapshot.
-pub fn list_chat_seqs(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<Vec<(i64, i64)>, ApiError> {
+pub fn list_chat_seqs(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Vec<(ChatId, i64)>, ApiError> {
     let rows = sql.query(
         "SELECT c.id, c.last_seq FROM chat_members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = $1 ORDER BY c.id",
         &[&user_id],
@@ -631,13 +695,13 @@ pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Resul
 
 /// Forgets processes that stopped beating a minute ago, and their presence;
 /// returns the users whose connections those were (each once).
-pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<Vec<i64>, ApiError> {
+pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<Vec<UserId>, ApiError> {
     let rows = sql.query(
         "WITH dead AS (DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
          DELETE FROM presence p USING dead WHERE p.process_id = dead.id RETURNING p.user_id",
         &[],
     )?;
-    let mut users: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    let mut users: Vec<UserId> = rows.iter().map(|row| row.get(0)).collect();
     users.sort_unstable();
     users.dedup();
     Ok(users)
@@ -650,7 +714,7 @@ pub fn delete_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Res
 
 /// Locks a user's row, so that presence changes of one user, from any
 /// process, happen one at a time.
-pub fn lock_user(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<(), ApiError> {
+pub fn lock_user(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<(), ApiError> {
     sql.execute("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE", &[&user_id])?;
     Ok(())
 }
@@ -659,7 +723,7 @@ pub fn insert_presence(
     sql: &mut Sql<impl GenericClient>,
     process_id: i64,
     conn_id: i64,
-    user_id: i64,
+    user_id: UserId,
 ) -> Result<(), ApiError> {
     sql.execute(
         "INSERT INTO presence (process_id, conn_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -676,7 +740,7 @@ pub fn delete_presence(sql: &mut Sql<impl GenericClient>, process_id: i64, conn_
 }
 
 /// How many WebSockets the user has open on live processes.
-pub fn count_presence(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<i64, ApiError> {
+pub fn count_presence(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<i64, ApiError> {
     let row = sql.query_one(
         "SELECT count(*) FROM presence p JOIN server_processes s ON s.id = p.process_id
          WHERE p.user_id = $1 AND s.heartbeat_at > now() - interval '15 seconds'",
@@ -686,7 +750,7 @@ pub fn count_presence(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result
 }
 
 /// The ids of the chats a user is in.
-pub fn list_chat_ids(sql: &mut Sql<impl GenericClient>, user_id: i64) -> Result<Vec<i64>, ApiError> {
+pub fn list_chat_ids(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Vec<ChatId>, ApiError> {
     let rows = sql.query("SELECT chat_id FROM chat_members WHERE user_id = $1", &[&user_id])?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }

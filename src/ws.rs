@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,16 +25,16 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::auth::{self, Session};
-use crate::config::LogLevel;
+use crate::app::App;
+use crate::auth;
 use crate::error::ApiError;
 use crate::http::{self, Query};
 use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
+use crate::log::Level;
 use crate::messages::{self, Sent};
-use crate::presence;
-use crate::router::ChatId;
-use crate::server::{self, App};
+use crate::model::{ChatId, Session, UserId};
 use crate::store;
+use crate::watch::Watch;
 
 /// The largest frame or message a client may send.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -51,57 +51,69 @@ const TYPING_EVERY: Duration = Duration::from_millis(300);
 /// Close code meaning "the close handshake is done; just end the socket".
 const CLOSE_QUIETLY: u16 = 1;
 
-/// Starts the thread that accepts WebSocket connections.
-pub fn listen(app: Arc<App>, listener: TcpListener) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("ws-accept".into())
-        .spawn(move || {
+/// Starts the watched thread that accepts WebSocket connections.
+pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<(), String> {
+    let endpoint = Arc::new(Endpoint { app, next_conn: AtomicU64::new(1), open: AtomicUsize::new(0) });
+    watch
+        .spawn("ws-accept", move || {
+            let log = endpoint.app.log;
             for stream in listener.incoming() {
-                if app.stopping.load(Ordering::SeqCst) {
+                if endpoint.app.stop.is_set() {
                     return;
                 }
                 match stream {
                     Ok(stream) => {
                         // Dropping the stream closes it: the client may try again later.
-                        let Some(slot) = Slot::take(&app) else { continue };
+                        let Some(slot) = Slot::take(&endpoint) else { continue };
                         let spawned = std::thread::Builder::new()
                             .name("ws-read".into())
                             .stack_size(STACK_SIZE)
                             .spawn(move || serve(Arc::new(slot), stream));
                         if let Err(error) = spawned {
-                            server::log(&app, LogLevel::Error, &format!("cannot start a WebSocket thread: {error}"));
+                            log.error(
+                                "cannot start a WebSocket thread",
+                                &[("thread", &"ws-accept"), ("error", &error)],
+                            );
                         }
                     }
                     Err(error) => {
                         // Out of descriptors, say: back off instead of spinning.
-                        server::log(&app, LogLevel::Error, &format!("WebSocket accept failed: {error}"));
+                        log.error("WebSocket accept failed", &[("thread", &"ws-accept"), ("error", &error)]);
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
             }
         })
-        .map_err(|e| format!("cannot start the WebSocket listener: {e}"))?;
-    Ok(())
+        .map(drop)
+}
+
+/// What the accept thread shares with the connections it starts.
+struct Endpoint {
+    app: Arc<App>,
+    /// Numbers connections within this process (the hub's and presence's key).
+    next_conn: AtomicU64,
+    /// WebSockets open now, against `WS_MAX_CONNECTIONS`.
+    open: AtomicUsize,
 }
 
 /// One of the `WS_MAX_CONNECTIONS` places, held by a connection's reader
 /// and writer threads and given back when both have ended, however they end.
 struct Slot {
-    app: Arc<App>,
+    endpoint: Arc<Endpoint>,
 }
 
 impl Slot {
-    fn take(app: &Arc<App>) -> Option<Slot> {
-        let limit = app.config.ws_max_connections;
+    fn take(endpoint: &Arc<Endpoint>) -> Option<Slot> {
+        let limit = endpoint.app.config.ws_max_connections;
         let taken =
-            app.ws_open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| (open < limit).then_some(open + 1));
-        taken.is_ok().then(|| Slot { app: app.clone() })
+            endpoint.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| (open < limit).then_some(open + 1));
+        taken.is_ok().then(|| Slot { endpoint: endpoint.clone() })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.app.ws_open.fetch_sub(1, Ordering::SeqCst);
+        self.endpoint.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -119,16 +131,16 @@ struct Opened {
     session: Session,
     protocol: Protocol,
     /// Each chat's `(chat_id, last_seq)`.
-    chats: Vec<(i64, i64)>,
+    chats: Vec<(ChatId, i64)>,
     /// Whether this is the user's only connection anywhere.
     first: bool,
 }
 
 /// One connection, on its reader thread, from handshake to close.
 fn serve(slot: Arc<Slot>, stream: TcpStream) {
-    let app = &slot.app;
+    let app = &slot.endpoint.app;
     let Ok(write_half) = stream.try_clone() else { return };
-    let conn = app.next_conn.fetch_add(1, Ordering::SeqCst);
+    let conn = slot.endpoint.next_conn.fetch_add(1, Ordering::SeqCst);
     let (queue, frames) = Queue::new(app.config.ws_queue);
     let shared = Arc::new(ConnShared::default());
     let (socket, opened) = handshake(app, stream, conn, &queue, &shared);
@@ -181,7 +193,10 @@ fn handshake(
             opened = Some(connection);
             Ok(response)
         }
-        Err(error) => Err(reject(&error)),
+        Err(error) => {
+            log_failure(app, "WebSocket handshake refused", conn, &error);
+            Err(reject(&error))
+        }
     };
     let mut socket = tungstenite::accept_hdr_with_config(side, callback, Some(config)).ok();
     if let Some(socket) = &mut socket {
@@ -207,11 +222,11 @@ fn open(
         Registration { conn, user_id, session_id: session.id, protocol, queue: queue.clone(), shared: shared.clone() };
     if !app.hub.register(registration) {
         app.hub.unregister(conn);
-        return Err(ApiError::Unavailable);
+        return Err(ApiError::unavailable("the hub did not register the connection in time"));
     }
-    let job_app = app.clone();
+    let presence = app.presence.clone();
     let snapshot = app.jobs.run(move |db| {
-        let first = job_app.presence.connected(db, conn, user_id)?;
+        let first = presence.connected(db, conn, user_id)?;
         Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
     });
     match snapshot {
@@ -238,18 +253,18 @@ fn subscribe(app: &Arc<App>, conn: hub::ConnId, opened: Opened, queue: &Queue) {
     let chat_ids = chats.iter().map(|(chat_id, _)| *chat_id).collect();
     app.hub.subscribe(conn, chats);
     if first {
-        presence::announce(app, session.user.id, true, chat_ids);
+        app.presence.announce(session.user.id, true, chat_ids);
     }
 }
 
 /// Takes the connection out of the hub, lets the writer finish, and forgets its presence.
-fn close(app: &Arc<App>, conn: hub::ConnId, user_id: i64, queue: &Queue, shared: &ConnShared) {
+fn close(app: &Arc<App>, conn: hub::ConnId, user_id: UserId, queue: &Queue, shared: &ConnShared) {
     app.hub.unregister(conn);
     shared.close(CLOSE_QUIETLY);
     queue.wake();
-    let job_app = app.clone();
+    let presence = app.presence.clone();
     let forgotten = app.jobs.run(move |db| {
-        job_app.presence.disconnected(&job_app, db, conn, user_id);
+        presence.disconnected(db, conn, user_id);
         Ok(())
     });
     if forgotten.is_err() {
@@ -318,7 +333,7 @@ fn read(
     app: &Arc<App>,
     socket: &mut WebSocket<ReadSide>,
     conn: hub::ConnId,
-    user_id: i64,
+    user_id: UserId,
     protocol: Protocol,
     queue: &Queue,
     shared: &ConnShared,
@@ -331,7 +346,7 @@ fn read(
                 last_heard = Instant::now();
                 let answer = match protocol {
                     Protocol::Current => answer(app, conn, user_id, text.as_bytes(), &mut last_typing),
-                    Protocol::Seed(chat_id) => answer_seed(app, user_id, chat_id, text.as_bytes()),
+                    Protocol::Seed(chat_id) => answer_seed(app, conn, user_id, chat_id, text.as_bytes()),
                 };
                 if let Some(answer) = answer {
                     if !queue.offer(hub::text_frame(&answer.to_string())) {
@@ -357,9 +372,9 @@ fn read(
 fn answer(
     app: &Arc<App>,
     conn: hub::ConnId,
-    user_id: i64,
+    user_id: UserId,
     frame: &[u8],
-    last_typing: &mut HashMap<i64, Instant>,
+    last_typing: &mut HashMap<ChatId, Instant>,
 ) -> Option<serde_json::Value> {
     let body = match http::parse_body(frame) {
         Ok(body) => body,
@@ -368,7 +383,7 @@ fn answer(
     let client_id = body.opt_str("client_id").ok().flatten().map(String::from);
     let outcome = match body.str("type") {
         Ok("ping") => Ok(Some(json!({ "type": "pong" }))),
-        Ok("typing") => body.i64("chat_id").map(|chat_id| {
+        Ok("typing") => body.i64("chat_id").map(ChatId).map(|chat_id| {
             // More typing frames for a chat than this say nothing new; they are dropped.
             last_typing.retain(|_, at: &mut Instant| at.elapsed() < TYPING_EVERY);
             if let std::collections::hash_map::Entry::Vacant(slot) = last_typing.entry(chat_id) {
@@ -401,17 +416,38 @@ fn answer(
         Ok(_) => Err(ApiError::invalid("type", "type must be send, typing, read or ping")),
         Err(error) => Err(error),
     };
-    outcome.unwrap_or_else(|error| Some(error.to_frame(client_id.as_deref())))
+    outcome.unwrap_or_else(|error| {
+        log_failure(app, "WebSocket frame failed", conn, &error);
+        Some(error.to_frame(client_id.as_deref()))
+    })
+}
+
+/// Logs a failure whose cause an operator must see (a `500` or `503`); a
+/// client's own mistakes are answered, not logged.
+fn log_failure(app: &App, what: &str, conn: hub::ConnId, error: &ApiError) {
+    let level = error.log_level();
+    if level < Level::Info {
+        app.log.write(level, what, &[("conn", &conn), ("error", error)]);
+    }
 }
 
 /// The seed's socket: each `{"content"}` frame is a message in its chat.
-fn answer_seed(app: &Arc<App>, user_id: i64, chat_id: ChatId, frame: &[u8]) -> Option<serde_json::Value> {
+fn answer_seed(
+    app: &Arc<App>,
+    conn: hub::ConnId,
+    user_id: UserId,
+    chat_id: ChatId,
+    frame: &[u8],
+) -> Option<serde_json::Value> {
     let stored = http::parse_body(frame).and_then(|body| {
         let content = messages::parse_content(body.str("content")?)?.to_string();
         let app = app.clone();
         app.jobs.clone().run(move |db| messages::send(&app, db, user_id, chat_id, &content, None))
     });
-    stored.err().map(|error| error.to_frame(None))
+    stored.err().map(|error| {
+        log_failure(app, "WebSocket frame failed", conn, &error);
+        error.to_frame(None)
+    })
 }
 
 /// The writer's loop: whole frames out, a ping every `PING_EVERY`, and the

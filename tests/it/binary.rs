@@ -311,7 +311,7 @@ fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
             ("WS_ADDR", &ws),
             ("WORKERS", "2"),
             ("PASSWORD_ITERATIONS", "1000"),
-            ("LOG", "error"),
+            ("LOG", "info"),
         ],
     );
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use messaging::model::SessionId;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 use tungstenite::protocol::frame::Frame;
@@ -120,10 +121,10 @@ fn create_ticket(app: &TestApp, user: &TestUser) -> Value {
 }
 
 /// The id of `user`'s only session, straight from the database.
-fn session_id(app: &TestApp, user: &TestUser) -> i64 {
+fn session_id(app: &TestApp, user: &TestUser) -> SessionId {
     let rows = app.db().query("SELECT id FROM sessions WHERE user_id = $1", &[&user.id]).expect("read sessions");
     assert_eq!(rows.len(), 1, "{} should have exactly one session", user.username);
-    rows[0].get(0)
+    SessionId(rows[0].get(0))
 }
 
 /// Asserts that a connection was closed the way logout closes it: a Close
@@ -504,7 +505,7 @@ fn a_ticket_signed_with_the_servers_key_but_expired_is_refused_with_401() {
     // Someone else's session id under a valid ticket's signature.
     let valid = messaging::auth::sign_ticket(key, session, now_unix() + 60);
     let (_, rest) = valid.split_once('.').expect("a ticket has dots");
-    let tampered = format!("{}.{rest}", session + 1);
+    let tampered = format!("{}.{rest}", session.0 + 1);
     let result = try_connect(app.ws_addr, &format!("/ws?ticket={tampered}"), &[]);
     assert_refused(result, "a ticket whose session id was changed", &[401]);
 }

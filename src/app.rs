@@ -1,0 +1,97 @@
+//! What the process shares (`App`) and what one request carries (`Ctx`).
+//!
+//! Handlers see the process only through these two types: configuration,
+//! the log, the login limiter, and the handles of the real-time threads.
+//! A committed change leaves the handlers in one place, `App::publish`,
+//! always after its transaction has committed.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::auth;
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::http::{self, Body, Query};
+use crate::hub::Hub;
+use crate::jobs::Jobs;
+use crate::log::Log;
+use crate::model::{Event, Live, Session, SessionId, UserId};
+use crate::notify::{Notifier, Signal};
+use crate::presence::Presence;
+use crate::ratelimit::FailureLimiter;
+use crate::watch::Stop;
+
+/// What every worker shares: configuration and process-wide state.
+pub struct App {
+    pub config: Config,
+    pub log: Log,
+    pub login_failures: FailureLimiter,
+    /// Verified against when a login is unknown, so that case costs the same;
+    /// made on first use, so start-up does not pay for a slow hash.
+    pub decoy_password_hash: OnceLock<String>,
+    /// The WebSocket endpoint, as clients should dial it.
+    pub ws_url: String,
+    pub presence: Arc<Presence>,
+    pub hub: Hub,
+    pub notifier: Notifier,
+    pub jobs: Jobs,
+    pub stop: Stop,
+}
+
+impl App {
+    /// Hands committed events to real-time delivery: to this process's hub at
+    /// once, and to other processes as `(chat_id, seq)` through the notifier.
+    /// Called after the transaction commits, never inside it.
+    pub fn publish(&self, events: &[Event]) {
+        for event in events {
+            self.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq, added: event.joins() });
+            self.hub.event(event.clone());
+        }
+    }
+
+    /// Hands a typing or read frame to every process's members of the chat.
+    pub fn publish_live(&self, live: Live) {
+        self.notifier.signal(live.clone().into());
+        self.hub.live(live);
+    }
+
+    /// Closes the WebSockets of ended sessions, on this process and the others.
+    pub fn end_sessions(&self, session_ids: Vec<SessionId>) {
+        for session_id in &session_ids {
+            self.notifier.signal(Signal::SessionEnded { session_id: *session_id });
+        }
+        self.hub.sessions_ended(session_ids);
+    }
+}
+
+/// One request being handled, with its worker's connection.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub db: &'a mut Db,
+    pub request: &'a mut tiny_http::Request,
+    /// Set once the caller is known, for the log line.
+    pub user_id: Option<UserId>,
+}
+
+impl Ctx<'_> {
+    /// The JSON object body, under the size limit.
+    pub fn body(&mut self) -> Result<Body, ApiError> {
+        http::read_json(self.request, self.app.config.max_body_bytes)
+    }
+
+    pub fn query(&self) -> Query {
+        Query::parse(self.request.url())
+    }
+
+    /// The caller's session, or `401`.
+    pub fn authenticate(&mut self) -> Result<Session, ApiError> {
+        let session = auth::require(self.db, http::header(self.request, "Authorization"))?;
+        self.user_id = Some(session.user.id);
+        Ok(session)
+    }
+
+    /// The peer's IP address (the key of per-address limits).
+    pub fn client_address(&self) -> String {
+        self.request.remote_addr().map_or_else(|| "unknown".into(), |addr| addr.ip().to_string())
+    }
+}
