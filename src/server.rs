@@ -8,7 +8,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -141,7 +140,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let mut client = db::connection_config(&config.database_url)?
         .connect(postgres::NoTls)
         .map_err(|e| format!("cannot connect to DATABASE_URL: {}", db::describe(&e)))?;
-    let pending = migrate::pending(&mut client, Path::new(&config.migrations_dir)).map_err(|e| e.to_string())?;
+    let pending = migrate::pending(&mut client, &config.migrations).map_err(|e| e.to_string())?;
     if !pending.is_empty() {
         return Err(format!("{} migration(s) pending ({}): run `make migrate`", pending.len(), pending.join(", ")));
     }
