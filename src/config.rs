@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::log::Level;
+use crate::migrate;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -26,7 +27,8 @@ pub struct Config {
     pub ws_queue: usize,
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
-    pub migrations_dir: String,
+    /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
+    pub migrations: migrate::Source,
     /// A test-only fault: the named watched thread panics soon after it
     /// starts (`MESSAGING_FAULT`, read by debug builds only).
     pub fault: Option<String>,
@@ -60,7 +62,7 @@ impl Config {
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
-        let migrations_dir = get("MIGRATIONS_DIR", "sql");
+        let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
             problems.push("DATABASE_URL is not set (e.g. postgresql://user@localhost/messaging)".into());
@@ -94,7 +96,7 @@ impl Config {
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
-            migrations_dir,
+            migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
         };
         if problems.is_empty() {
@@ -142,6 +144,18 @@ mod tests {
         assert!(config.rate_limits);
         assert_eq!(config.ws_queue, 1024);
         assert_eq!(config.ws_max_connections, 10000);
+        assert_eq!(config.migrations, migrate::Source::Embedded);
+    }
+
+    #[test]
+    fn migrations_dir_names_a_directory_read_instead_of_the_built_in_migrations() {
+        let config = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("MIGRATIONS_DIR", "/srv/messaging/sql"),
+        ]))
+        .unwrap();
+        assert_eq!(config.migrations, migrate::Source::Dir("/srv/messaging/sql".into()));
     }
 
     #[test]

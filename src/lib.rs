@@ -44,10 +44,10 @@ mod tests {
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 11] = [
         &["model", "log", "ratelimit"],
-        &["error", "watch", "config"],
+        &["error", "watch"],
         &["db", "router", "http"],
         &["store", "migrate"],
-        &["auth", "jobs", "notify"],
+        &["config", "auth", "jobs", "notify"],
         &["hub"],
         &["listen", "presence"],
         &["app"],

@@ -3,7 +3,6 @@
 //! call and a failure into one line on stderr and a non-zero exit.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::ExitCode;
 
 use messaging::config::Config;
@@ -70,8 +69,7 @@ fn run_migrate(args: &[&str]) -> Result<(), String> {
         _ => return Err(USAGE.to_string()),
     };
     let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set".to_string())?;
-    let dir = std::env::var("MIGRATIONS_DIR").unwrap_or_else(|_| "sql".into());
-    let dir = Path::new(&dir);
+    let source = migrate::Source::from_migrations_dir(std::env::var("MIGRATIONS_DIR").ok().as_deref());
     let mut client = migrate::connect(&url)?;
     let report = |none: &str, done: &str, stems: Vec<String>| {
         if stems.is_empty() {
@@ -83,15 +81,15 @@ fn run_migrate(args: &[&str]) -> Result<(), String> {
     };
     match command {
         MigrateCommand::Up => {
-            report("nothing to apply", "applied", migrate::up(&mut client, dir).map_err(|e| e.to_string())?)
+            report("nothing to apply", "applied", migrate::up(&mut client, &source).map_err(|e| e.to_string())?)
         }
         MigrateCommand::Down(n) => report(
             "nothing to roll back",
             "rolled back",
-            migrate::down(&mut client, dir, n).map_err(|e| e.to_string())?,
+            migrate::down(&mut client, &source, n).map_err(|e| e.to_string())?,
         ),
         MigrateCommand::Status => {
-            for (stem, applied) in migrate::status(&mut client, dir).map_err(|e| e.to_string())? {
+            for (stem, applied) in migrate::status(&mut client, &source).map_err(|e| e.to_string())? {
                 println!("{} {stem}", if applied { "applied" } else { "pending" });
             }
         }

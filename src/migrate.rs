@@ -1,11 +1,15 @@
 //! Plain SQL migrations: `sql/NNNN_name.up.sql` and its `.down.sql`.
 //!
-//! Each file runs in its own transaction, in version order, and is recorded in
-//! `schema_migrations` with the SHA-256 of its text. An applied file whose text
-//! changed is an error naming it, so the database never silently drifts from
-//! the files. A session-level advisory lock keeps two migrators from racing.
+//! The files are built into the binary (`build.rs`), so it migrates from any
+//! working directory; `MIGRATIONS_DIR` names a directory to read at run time
+//! instead, and both sources pass the same checks. Each file runs in its own
+//! transaction, in version order, and is recorded in `schema_migrations` with
+//! the SHA-256 of its text. An applied file whose text changed is an error
+//! naming it, so the database never silently drifts from the files. A
+//! session-level advisory lock keeps two migrators from racing.
 //! This file holds its own bookkeeping SQL; the application's is in `store.rs`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +21,11 @@ use crate::error::describe;
 /// Arbitrary, fixed: the advisory lock key all migrators agree on.
 const LOCK_KEY: i64 = 0x6d65_7373_6167_6521;
 
+/// The `sql/*.sql` files as they were at build time, `(file name, text)`
+/// sorted by name; `build.rs` writes the list.
+const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Why migrating failed, in one line that names the file at fault.
 #[derive(Debug)]
 pub struct Error(String);
 
@@ -32,14 +41,74 @@ impl From<postgres::Error> for Error {
     }
 }
 
-/// One migration as found on disk.
-#[derive(Debug, PartialEq, Eq)]
+/// Where the migration files come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The `sql/*.sql` files built into the binary (see `build.rs`).
+    Embedded,
+    /// The `*.sql` files in this directory, read at run time.
+    Dir(PathBuf),
+}
+
+impl Source {
+    /// The source `MIGRATIONS_DIR` selects: that directory when it is set and
+    /// not blank, otherwise the files built into the binary.
+    pub fn from_migrations_dir(value: Option<&str>) -> Source {
+        match value.map(str::trim) {
+            Some(dir) if !dir.is_empty() => Source::Dir(PathBuf::from(dir)),
+            _ => Source::Embedded,
+        }
+    }
+
+    /// Every `.sql` file's name and text, sorted by name; other files are ignored.
+    pub fn files(&self) -> Result<Vec<(String, String)>, Error> {
+        match self {
+            Source::Embedded => Ok(EMBEDDED.iter().map(|&(name, text)| (name.to_string(), text.to_string())).collect()),
+            Source::Dir(dir) => read_dir(dir),
+        }
+    }
+
+    /// A file's name in error messages: its path, or `sql/NAME` when embedded.
+    fn show(&self, file_name: &str) -> String {
+        match self {
+            Source::Embedded => format!("sql/{file_name}"),
+            Source::Dir(dir) => dir.join(file_name).display().to_string(),
+        }
+    }
+}
+
+/// The `.sql` files in `dir`, as `Source::files` returns them.
+fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, Error> {
+    let dir_error = |e: std::io::Error| Error(format!("{}: {e}", dir.display()));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(dir_error)? {
+        let file_name = entry.map_err(dir_error)?.file_name();
+        let Some(file_name) = file_name.to_str().filter(|name| name.ends_with(".sql")) else {
+            continue;
+        };
+        let path = dir.join(file_name);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error(format!("{}: {e}", path.display())))?;
+        files.push((file_name.to_string(), text));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// One migration: both of its files, read and paired.
+#[derive(Debug)]
 struct Migration {
     version: i64,
     /// The file stem without direction, e.g. `0001_create_users`.
     stem: String,
-    up: PathBuf,
-    down: PathBuf,
+    up: SqlFile,
+    down: SqlFile,
+}
+
+/// A migration file's text, and its name as error messages show it.
+#[derive(Debug)]
+struct SqlFile {
+    shown: String,
+    text: String,
 }
 
 /// Connects to `url` with the server's timeouts, for a migration command.
@@ -50,18 +119,18 @@ pub fn connect(url: &str) -> Result<Client, String> {
 }
 
 /// Applies every pending migration; returns the stems applied.
-pub fn up(client: &mut Client, dir: &Path) -> Result<Vec<String>, Error> {
+pub fn up(client: &mut Client, source: &Source) -> Result<Vec<String>, Error> {
     with_lock(client, |client| {
-        let migrations = read_dir(dir)?;
+        let migrations = load(source)?;
         let applied = applied(client, &migrations)?;
         let mut done = Vec::new();
         for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
-            let text = read(&migration.up)?;
             let mut tx = client.transaction()?;
-            tx.batch_execute(&text).map_err(|e| Error(format!("{}: {}", migration.up.display(), describe(&e))))?;
+            tx.batch_execute(&migration.up.text)
+                .map_err(|e| Error(format!("{}: {}", migration.up.shown, describe(&e))))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                &[&migration.version, &migration.stem, &checksum(&text)],
+                &[&migration.version, &migration.stem, &checksum(&migration.up.text)],
             )?;
             tx.commit()?;
             done.push(migration.stem.clone());
@@ -71,15 +140,15 @@ pub fn up(client: &mut Client, dir: &Path) -> Result<Vec<String>, Error> {
 }
 
 /// Rolls back the `n` most recently applied migrations; returns their stems.
-pub fn down(client: &mut Client, dir: &Path, n: usize) -> Result<Vec<String>, Error> {
+pub fn down(client: &mut Client, source: &Source, n: usize) -> Result<Vec<String>, Error> {
     with_lock(client, |client| {
-        let migrations = read_dir(dir)?;
+        let migrations = load(source)?;
         let applied = applied(client, &migrations)?;
         let mut done = Vec::new();
         for migration in migrations.iter().rev().filter(|m| applied.contains(&m.version)).take(n) {
-            let text = read(&migration.down)?;
             let mut tx = client.transaction()?;
-            tx.batch_execute(&text).map_err(|e| Error(format!("{}: {}", migration.down.display(), describe(&e))))?;
+            tx.batch_execute(&migration.down.text)
+                .map_err(|e| Error(format!("{}: {}", migration.down.shown, describe(&e))))?;
             tx.execute("DELETE FROM schema_migrations WHERE version = $1", &[&migration.version])?;
             tx.commit()?;
             done.push(migration.stem.clone());
@@ -88,17 +157,17 @@ pub fn down(client: &mut Client, dir: &Path, n: usize) -> Result<Vec<String>, Er
     })
 }
 
-/// Every migration file's stem and whether it is applied, in version order.
-pub fn status(client: &mut Client, dir: &Path) -> Result<Vec<(String, bool)>, Error> {
-    let migrations = read_dir(dir)?;
+/// Every migration's stem and whether it is applied, in version order.
+pub fn status(client: &mut Client, source: &Source) -> Result<Vec<(String, bool)>, Error> {
+    let migrations = load(source)?;
     let exists: bool = client.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])?.get(0);
     let applied = if exists { applied(client, &migrations)? } else { Vec::new() };
     Ok(migrations.into_iter().map(|m| (m.stem, applied.contains(&m.version))).collect())
 }
 
 /// The stems of migrations not yet applied; `serve` refuses to start unless empty.
-pub fn pending(client: &mut Client, dir: &Path) -> Result<Vec<String>, Error> {
-    Ok(status(client, dir)?.into_iter().filter(|(_, applied)| !applied).map(|(stem, _)| stem).collect())
+pub fn pending(client: &mut Client, source: &Source) -> Result<Vec<String>, Error> {
+    Ok(status(client, source)?.into_iter().filter(|(_, applied)| !applied).map(|(stem, _)| stem).collect())
 }
 
 fn with_lock<T>(client: &mut Client, work: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
@@ -127,10 +196,10 @@ fn applied(client: &mut Client, migrations: &[Migration]) -> Result<Vec<i64>, Er
         let Some(migration) = migrations.iter().find(|m| m.version == version) else {
             return Err(Error(format!("migration {name} is applied but its file is missing")));
         };
-        if checksum(&read(&migration.up)?) != recorded {
+        if checksum(&migration.up.text) != recorded {
             return Err(Error(format!(
                 "{} changed after it was applied (checksum differs); add a new migration instead",
-                migration.up.display()
+                migration.up.shown
             )));
         }
         versions.push(version);
@@ -138,32 +207,39 @@ fn applied(client: &mut Client, migrations: &[Migration]) -> Result<Vec<i64>, Er
     Ok(versions)
 }
 
-/// Finds the migrations in `dir`, in version order; every up file needs its
-/// down file, and no two files share a version.
-fn read_dir(dir: &Path) -> Result<Vec<Migration>, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error(format!("{}: {e}", dir.display())))?;
+/// Reads the migrations of `source`, checked and in version order.
+fn load(source: &Source) -> Result<Vec<Migration>, Error> {
+    parse(source, source.files()?)
+}
+
+/// Pairs `files` (name, text) into migrations in version order: every name is
+/// well formed, every up file has its down file and every down file its up
+/// file, and no two up files share a version. Both sources pass through here.
+fn parse(source: &Source, files: Vec<(String, String)>) -> Result<Vec<Migration>, Error> {
+    let mut ups: Vec<(i64, String, SqlFile)> = Vec::new();
+    let mut downs: BTreeMap<String, SqlFile> = BTreeMap::new();
+    for (file_name, text) in files {
+        let file = SqlFile { shown: source.show(&file_name), text };
+        if let Some((version, stem)) = parse_up_name(&file_name) {
+            ups.push((version, stem.to_string(), file));
+        } else if let Some((_, stem)) = parse_down_name(&file_name) {
+            downs.insert(stem.to_string(), file);
+        } else {
+            return Err(Error(format!("{}: name must look like 0001_create_users.up.sql", file.shown)));
+        }
+    }
     let mut migrations: Vec<Migration> = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| Error(format!("{}: {e}", dir.display())))?.path();
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !file_name.ends_with(".sql") {
-            continue;
-        }
-        let Some((version, stem)) = parse_up_name(file_name) else {
-            match parse_down_name(file_name) {
-                Some((_, stem)) if dir.join(format!("{stem}.up.sql")).is_file() => continue,
-                Some(_) => return Err(Error(format!("{} has no up file beside it", path.display()))),
-                None => return Err(Error(format!("{}: name must look like 0001_create_users.up.sql", path.display()))),
-            }
-        };
+    for (version, stem, up) in ups {
         if let Some(twin) = migrations.iter().find(|m| m.version == version) {
-            return Err(Error(format!("{} and {} share version {version}", twin.up.display(), path.display())));
+            return Err(Error(format!("{} and {} share version {version}", twin.up.shown, up.shown)));
         }
-        let down = dir.join(format!("{stem}.down.sql"));
-        if !down.is_file() {
-            return Err(Error(format!("{} has no {}", path.display(), down.display())));
-        }
-        migrations.push(Migration { version, stem: stem.to_string(), up: path.clone(), down });
+        let Some(down) = downs.remove(&stem) else {
+            return Err(Error(format!("{} has no {}", up.shown, source.show(&format!("{stem}.down.sql")))));
+        };
+        migrations.push(Migration { version, stem, up, down });
+    }
+    if let Some(orphan) = downs.into_values().next() {
+        return Err(Error(format!("{} has no up file beside it", orphan.shown)));
     }
     migrations.sort_by_key(|m| m.version);
     Ok(migrations)
@@ -187,10 +263,6 @@ fn parse_stem(stem: &str) -> Option<(i64, &str)> {
         return None;
     }
     Some((digits.parse().ok()?, stem))
-}
-
-fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|e| Error(format!("{}: {e}", path.display())))
 }
 
 fn checksum(text: &str) -> String {
@@ -218,13 +290,59 @@ mod tests {
     }
 
     #[test]
-    fn the_project_migrations_are_well_formed_and_paired() {
-        let migrations = read_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))).unwrap();
+    fn the_embedded_migrations_are_well_formed_and_paired() {
+        let migrations = load(&Source::Embedded).unwrap();
         assert!(!migrations.is_empty());
         for (idx, migration) in migrations.iter().enumerate() {
             assert_eq!(migration.version, idx as i64 + 1, "versions run 1, 2, 3, … without gaps");
-            let text = read(&migration.up).unwrap();
-            assert!(text.starts_with("-- "), "{} opens with a comment saying why", migration.stem);
+            assert!(migration.up.text.starts_with("-- "), "{} opens with a comment saying why", migration.stem);
+            assert_eq!(migration.up.shown, format!("sql/{}.up.sql", migration.stem));
+            assert_eq!(migration.down.shown, format!("sql/{}.down.sql", migration.stem));
+        }
+    }
+
+    #[test]
+    fn migrations_dir_overrides_the_embedded_files_only_when_set_and_not_blank() {
+        assert_eq!(Source::from_migrations_dir(None), Source::Embedded);
+        assert_eq!(Source::from_migrations_dir(Some("")), Source::Embedded);
+        assert_eq!(Source::from_migrations_dir(Some("  ")), Source::Embedded);
+        assert_eq!(Source::from_migrations_dir(Some(" /srv/sql ")), Source::Dir(PathBuf::from("/srv/sql")));
+    }
+
+    #[test]
+    fn files_are_paired_by_stem_and_each_problem_names_its_file() {
+        let files = |names: &[&str]| -> Vec<(String, String)> {
+            names.iter().map(|name| (name.to_string(), format!("-- {name}\n"))).collect()
+        };
+        let migrations =
+            parse(&Source::Embedded, files(&["0001_a.down.sql", "0001_a.up.sql", "0002_b.down.sql", "0002_b.up.sql"]))
+                .unwrap();
+        let paired: Vec<(i64, &str, &str, &str)> =
+            migrations.iter().map(|m| (m.version, m.stem.as_str(), m.up.text.as_str(), m.down.text.as_str())).collect();
+        assert_eq!(
+            paired,
+            [
+                (1, "0001_a", "-- 0001_a.up.sql\n", "-- 0001_a.down.sql\n"),
+                (2, "0002_b", "-- 0002_b.up.sql\n", "-- 0002_b.down.sql\n")
+            ]
+        );
+
+        // (description, files, the source, what the error says)
+        let dir = Source::Dir(PathBuf::from("/srv/sql"));
+        let cases: &[(&str, &[&str], &Source, &str)] = &[
+            ("a bad name", &["0001_A.up.sql"], &Source::Embedded, "sql/0001_A.up.sql: name must look like"),
+            ("no down file", &["0001_a.up.sql"], &Source::Embedded, "sql/0001_a.up.sql has no sql/0001_a.down.sql"),
+            ("no up file", &["0001_a.down.sql"], &dir, "/srv/sql/0001_a.down.sql has no up file beside it"),
+            (
+                "a shared version",
+                &["0001_a.down.sql", "0001_a.up.sql", "0001_b.down.sql", "0001_b.up.sql"],
+                &dir,
+                "/srv/sql/0001_a.up.sql and /srv/sql/0001_b.up.sql share version 1",
+            ),
+        ];
+        for (description, names, source, want) in cases {
+            let error = parse(source, files(names)).unwrap_err().to_string();
+            assert!(error.contains(want), "{description}: {error:?} should contain {want:?}");
         }
     }
 }

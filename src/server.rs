@@ -8,7 +8,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,8 +19,8 @@ use crate::app::{App, Ctx};
 use crate::auth;
 use crate::chats;
 use crate::config::Config;
-use crate::db::{self, Db};
-use crate::error::{describe, ApiError};
+use crate::db::Db;
+use crate::error::ApiError;
 use crate::events;
 use crate::http::{self, Reply};
 use crate::hub::Hub;
@@ -95,10 +94,8 @@ const RECV_TICK: Duration = Duration::from_millis(250);
 /// When the database cannot be reached, migrations are pending, or a
 /// listener cannot be used: one line saying what to do.
 pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListener) -> Result<Running, String> {
-    let mut client = db::connection_config(&config.database_url)?
-        .connect(postgres::NoTls)
-        .map_err(|e| format!("cannot connect to DATABASE_URL: {}", describe(&e)))?;
-    let pending = migrate::pending(&mut client, Path::new(&config.migrations_dir)).map_err(|e| e.to_string())?;
+    let mut client = migrate::connect(&config.database_url)?;
+    let pending = migrate::pending(&mut client, &config.migrations).map_err(|e| e.to_string())?;
     if !pending.is_empty() {
         return Err(format!("{} migration(s) pending ({}): run `make migrate`", pending.len(), pending.join(", ")));
     }

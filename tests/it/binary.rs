@@ -2,20 +2,21 @@
 //! its one-line-per-problem stderr, `migrate up | down | status` output, and
 //! `serve` refusing to start on pending migrations or answering `/healthz`.
 //!
-//! Each child runs in the repository root (so `MIGRATIONS_DIR` defaults to
-//! `sql`) with every configuration variable removed from its environment but
-//! those the test sets, and is killed when the test ends, pass or fail.
+//! Each child runs in the repository root, or in a directory the test gives,
+//! with every configuration variable removed from its environment but those
+//! the test sets, and is killed when the test ends, pass or fail.
 
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::migrate::{empty_database, sql_dir, stems};
-use crate::support::{fresh_database, random_hex, request, wait_for};
+use crate::migrate::{empty_database, sql_dir, stems, SqlCopy};
+use crate::support::pg::connect;
+use crate::support::{fresh_database, random_hex, request, wait_for, TempDir};
 
 /// Every variable the binary reads; all are removed unless a test sets them.
 const VARIABLES: &[&str] = &[
@@ -54,10 +55,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `messaging ARGS` with only `vars` of the configuration variables set.
+    /// Starts `messaging ARGS` in the repository root with only `vars` of the configuration variables set.
     fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
+        Running::spawn_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, vars)
+    }
+
+    /// Starts `messaging ARGS` in the working directory `dir`, with only `vars` set.
+    fn spawn_in(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Running {
         let mut command = Command::new(env!("CARGO_BIN_EXE_messaging"));
-        command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+        command.args(args).current_dir(dir);
         for name in VARIABLES {
             command.env_remove(name);
         }
@@ -128,9 +134,19 @@ impl Output {
     }
 }
 
-/// Runs `messaging ARGS` to completion within `EXIT_DEADLINE`.
+/// Runs `messaging ARGS` in the repository root to completion within `EXIT_DEADLINE`.
 fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Running::spawn(args, vars).finish(EXIT_DEADLINE)
+}
+
+/// Runs `messaging ARGS` in the working directory `dir` to completion within `EXIT_DEADLINE`.
+fn run_in(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Running::spawn_in(dir, args, vars).finish(EXIT_DEADLINE)
+}
+
+/// The lines `migrate` prints for `stems`: `PREFIX` then the stem.
+fn lines(prefix: &str, stems: &[String]) -> Vec<String> {
+    stems.iter().map(|stem| format!("{prefix}{stem}")).collect()
 }
 
 /// Asserts a non-zero exit and stderr free of Rust panic text.
@@ -229,8 +245,6 @@ fn migrate_status_up_down_and_status_again_report_each_migration_by_name() {
     let db_url = empty_database();
     let vars = [("DATABASE_URL", db_url.as_str())];
     let stems = stems(&sql_dir());
-    let lines =
-        |prefix: &str, stems: &[String]| -> Vec<String> { stems.iter().map(|s| format!("{prefix}{s}")).collect() };
 
     let before = run(&["migrate", "status"], &vars);
     let up = run(&["migrate", "up"], &vars);
@@ -296,16 +310,16 @@ fn serve_with_pending_migrations_exits_non_zero_saying_to_run_make_migrate() {
     assert!(output.stderr.contains("0001_create_users"), "stderr names what is pending:\n{}", output.describe());
 }
 
-#[test]
-fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
-    let db_url = fresh_database();
+/// Starts `messaging serve` in the working directory `dir` on free ports, and
+/// waits until it accepts connections on `HTTP_ADDR`.
+fn serve_in(dir: &Path, db_url: &str) -> (Running, SocketAddr, SocketAddr) {
     let (http_addr, ws_addr) = (free_addr(), free_addr());
     let (http, ws) = (http_addr.to_string(), ws_addr.to_string());
-
-    let mut server = Running::spawn(
+    let mut server = Running::spawn_in(
+        dir,
         &["serve"],
         &[
-            ("DATABASE_URL", &db_url),
+            ("DATABASE_URL", db_url),
             ("SECRET_KEY", SECRET_KEY),
             ("HTTP_ADDR", &http),
             ("WS_ADDR", &ws),
@@ -314,13 +328,21 @@ fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
             ("LOG", "info"),
         ],
     );
-
     wait_for("the server to accept connections on HTTP_ADDR", Duration::from_secs(10), || {
         if let Some(status) = server.exited() {
             panic!("serve exited early ({status}):\n{}", server.stderr());
         }
         TcpStream::connect(http_addr).ok()
     });
+    (server, http_addr, ws_addr)
+}
+
+#[test]
+fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
+    let db_url = fresh_database();
+
+    let (mut server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url);
+
     let resp = request(http_addr, "GET", "/healthz", &[], b"");
     resp.assert_status(200, "GET /healthz on the binary");
     assert_eq!(resp.json(), json!({ "status": "ok" }), "{resp:?}");
@@ -330,4 +352,75 @@ fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
     wait_for("serve to say where it listens", Duration::from_secs(5), || {
         server.stderr().contains(&announcement).then_some(())
     });
+}
+
+#[test]
+fn migrate_and_serve_from_an_empty_working_directory_use_the_migrations_built_into_the_binary() {
+    let db_url = empty_database();
+    let vars = [("DATABASE_URL", db_url.as_str())];
+    let stems = stems(&sql_dir());
+    let newest = stems[stems.len() - 1..].to_vec();
+    let elsewhere = TempDir::new("cwd");
+    let cwd = elsewhere.path();
+
+    let up = run_in(cwd, &["migrate", "up"], &vars);
+    let status = run_in(cwd, &["migrate", "status"], &vars);
+    let down = run_in(cwd, &["migrate", "down", "1"], &vars);
+    let status_after_down = run_in(cwd, &["migrate", "status"], &vars);
+    let up_again = run_in(cwd, &["migrate", "up"], &vars);
+
+    for (output, what) in [
+        (&up, "up"),
+        (&status, "status"),
+        (&down, "down 1"),
+        (&status_after_down, "status after down 1"),
+        (&up_again, "up again"),
+    ] {
+        assert!(output.status.success(), "migrate {what} in an empty directory:\n{}", output.describe());
+    }
+    assert_eq!(up.stdout_lines(), lines("applied: ", &stems), "up:\n{}", up.describe());
+    assert_eq!(status.stdout_lines(), lines("applied ", &stems), "status:\n{}", status.describe());
+    assert_eq!(down.stdout_lines(), lines("rolled back: ", &newest), "down 1:\n{}", down.describe());
+    let mut want = lines("applied ", &stems[..stems.len() - 1]);
+    want.extend(lines("pending ", &newest));
+    assert_eq!(status_after_down.stdout_lines(), want, "status after down 1:\n{}", status_after_down.describe());
+    assert_eq!(up_again.stdout_lines(), lines("applied: ", &newest), "up again:\n{}", up_again.describe());
+
+    let (server, http_addr, _) = serve_in(cwd, &db_url);
+
+    let resp = request(http_addr, "GET", "/healthz", &[], b"");
+    resp.assert_status(200, "GET /healthz on the binary started in an empty directory");
+    drop(server);
+    let left = fs::read_dir(cwd).expect("read the working directory").count();
+    assert_eq!(left, 0, "nothing was written to the working directory");
+}
+
+#[test]
+fn migrations_dir_names_a_directory_read_instead_of_the_built_in_migrations() {
+    let db_url = empty_database();
+    let stems = stems(&sql_dir());
+    let extra = format!("{:04}_create_extra", stems.len() + 1);
+    let sql = SqlCopy::new();
+    sql.write(&format!("{extra}.up.sql"), "-- Only this copy has it.\nCREATE TABLE extra (id int);\n");
+    sql.write(&format!("{extra}.down.sql"), "-- Undoes it.\nDROP TABLE extra;\n");
+    let dir = sql.dir().to_str().expect("a UTF-8 temporary path");
+
+    let up = run(&["migrate", "up"], &[("DATABASE_URL", &db_url), ("MIGRATIONS_DIR", dir)]);
+    let built_in = run(&["migrate", "status"], &[("DATABASE_URL", &db_url)]);
+
+    assert!(up.status.success(), "migrate up with MIGRATIONS_DIR:\n{}", up.describe());
+    let mut want = lines("applied: ", &stems);
+    want.push(format!("applied: {extra}"));
+    assert_eq!(up.stdout_lines(), want, "up applies the copy's extra migration too:\n{}", up.describe());
+    let exists: bool = connect(&db_url)
+        .query_one("SELECT to_regclass('extra') IS NOT NULL", &[])
+        .expect("look up the extra table")
+        .get(0);
+    assert!(exists, "the extra migration created its table");
+    assert_failed_cleanly(&built_in, "migrate status without MIGRATIONS_DIR");
+    assert!(
+        built_in.stderr.contains(&extra) && built_in.stderr.contains("missing"),
+        "the built-in migrations lack {extra}, so status says its file is missing:\n{}",
+        built_in.describe()
+    );
 }

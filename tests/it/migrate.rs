@@ -1,6 +1,7 @@
 //! The migration runner, called as a library on a database that starts empty:
 //! order, bookkeeping, rollback, checksums, file names, failed files, racing
-//! migrators, and `server::start` refusing to run with pending migrations.
+//! migrators, the files built into the binary matching `sql/`, and
+//! `server::start` refusing to run with pending migrations.
 //!
 //! These tests create their database with a plain `CREATE DATABASE` rather
 //! than from the harness's migrated template, so nothing is applied before
@@ -12,12 +13,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
-use messaging::migrate;
+use messaging::migrate::{self, Source};
 use postgres::Client;
 use sha2::{Digest, Sha256};
 
 use crate::support::pg::{admin_url, connect, db_error, with_database};
-use crate::support::random_hex;
+use crate::support::{random_hex, TempDir};
 
 /// A new database with nothing in it, and its URL: not cloned from the template.
 pub fn empty_database() -> String {
@@ -46,36 +47,38 @@ pub fn stems(dir: &Path) -> Vec<String> {
 }
 
 /// A copy of `sql/` that a test may sabotage; removed on drop.
-struct SqlCopy {
-    dir: PathBuf,
+pub struct SqlCopy {
+    temp: TempDir,
 }
 
 impl SqlCopy {
-    fn new() -> SqlCopy {
-        let dir = std::env::temp_dir().join(format!("msg-it-sql-{}-{}", std::process::id(), random_hex(6)));
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    pub fn new() -> SqlCopy {
+        let temp = TempDir::new("sql");
         for entry in fs::read_dir(sql_dir()).expect("read sql/") {
             let path = entry.expect("read an sql/ entry").path();
-            fs::copy(&path, dir.join(path.file_name().expect("a file name"))).expect("copy a migration");
+            fs::copy(&path, temp.path().join(path.file_name().expect("a file name"))).expect("copy a migration");
         }
-        SqlCopy { dir }
+        SqlCopy { temp }
     }
 
-    fn write(&self, file_name: &str, text: &str) {
-        fs::write(self.dir.join(file_name), text).unwrap_or_else(|e| panic!("write {file_name}: {e}"));
+    pub fn dir(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// The copy as a migration source.
+    pub fn source(&self) -> Source {
+        Source::Dir(self.dir().to_path_buf())
+    }
+
+    pub fn write(&self, file_name: &str, text: &str) {
+        fs::write(self.dir().join(file_name), text).unwrap_or_else(|e| panic!("write {file_name}: {e}"));
     }
 
     fn append(&self, file_name: &str, text: &str) {
-        let path = self.dir.join(file_name);
+        let path = self.dir().join(file_name);
         let mut contents = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {file_name}: {e}"));
         contents.push_str(text);
         fs::write(&path, contents).unwrap_or_else(|e| panic!("write {file_name}: {e}"));
-    }
-}
-
-impl Drop for SqlCopy {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -154,10 +157,11 @@ fn expect_error<T: std::fmt::Debug>(result: Result<T, migrate::Error>, what: &st
 fn up_applies_every_file_in_version_order_records_it_and_a_second_up_applies_nothing() {
     let mut client = connect(&empty_database());
     let dir = sql_dir();
+    let source = Source::Dir(dir.clone());
     let stems = stems(&dir);
     assert!(!stems.is_empty(), "sql/ holds migrations");
 
-    let applied = migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("up: {e}"));
+    let applied = migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up: {e}"));
 
     assert_eq!(applied, stems, "up returns every stem, in version order");
     let rows = client
@@ -198,9 +202,9 @@ fn up_applies_every_file_in_version_order_records_it_and_a_second_up_applies_not
         }
     }
 
-    let again = migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("second up: {e}"));
-    let status = migrate::status(&mut client, &dir).unwrap_or_else(|e| panic!("status: {e}"));
-    let pending = migrate::pending(&mut client, &dir).unwrap_or_else(|e| panic!("pending: {e}"));
+    let again = migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("second up: {e}"));
+    let status = migrate::status(&mut client, &source).unwrap_or_else(|e| panic!("status: {e}"));
+    let pending = migrate::pending(&mut client, &source).unwrap_or_else(|e| panic!("pending: {e}"));
 
     assert_eq!(again, Vec::<String>::new(), "a second up applies nothing");
     assert_eq!(recorded_versions(&mut client).len(), stems.len(), "a second up records nothing");
@@ -213,10 +217,11 @@ fn up_applies_every_file_in_version_order_records_it_and_a_second_up_applies_not
 fn status_on_an_empty_database_lists_every_stem_as_pending_and_creates_nothing() {
     let mut client = connect(&empty_database());
     let dir = sql_dir();
+    let source = Source::Dir(dir.clone());
     let stems = stems(&dir);
 
-    let status = migrate::status(&mut client, &dir).unwrap_or_else(|e| panic!("status: {e}"));
-    let pending = migrate::pending(&mut client, &dir).unwrap_or_else(|e| panic!("pending: {e}"));
+    let status = migrate::status(&mut client, &source).unwrap_or_else(|e| panic!("status: {e}"));
+    let pending = migrate::pending(&mut client, &source).unwrap_or_else(|e| panic!("pending: {e}"));
 
     let want: Vec<(String, bool)> = stems.iter().map(|stem| (stem.clone(), false)).collect();
     assert_eq!(status, want, "status lists every stem as pending");
@@ -228,25 +233,26 @@ fn status_on_an_empty_database_lists_every_stem_as_pending_and_creates_nothing()
 fn down_one_rolls_back_only_the_newest_and_up_reapplies_it() {
     let mut client = connect(&empty_database());
     let dir = sql_dir();
+    let source = Source::Dir(dir.clone());
     let stems = stems(&dir);
     let newest = stems.last().expect("at least one migration").clone();
-    migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("up: {e}"));
+    migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up: {e}"));
     let all_tables = tables(&mut client);
     let newest_tables = tables_created_by(&dir, &newest);
     assert!(!newest_tables.is_empty(), "{newest} creates at least one table");
 
-    let rolled_back = migrate::down(&mut client, &dir, 1).unwrap_or_else(|e| panic!("down 1: {e}"));
+    let rolled_back = migrate::down(&mut client, &source, 1).unwrap_or_else(|e| panic!("down 1: {e}"));
 
     assert_eq!(rolled_back, vec![newest.clone()], "down 1 rolls back the newest only");
     let kept: Vec<String> = all_tables.iter().filter(|table| !newest_tables.contains(table)).cloned().collect();
     assert_eq!(tables(&mut client), kept, "only the tables of {newest} are gone");
     let older: Vec<i64> = stems[..stems.len() - 1].iter().map(|stem| version_of(stem)).collect();
     assert_eq!(recorded_versions(&mut client), older, "only the row of {newest} is gone");
-    let status = migrate::status(&mut client, &dir).unwrap_or_else(|e| panic!("status: {e}"));
+    let status = migrate::status(&mut client, &source).unwrap_or_else(|e| panic!("status: {e}"));
     let want: Vec<(String, bool)> = stems.iter().map(|stem| (stem.clone(), *stem != newest)).collect();
     assert_eq!(status, want, "status after down 1");
 
-    let reapplied = migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("up again: {e}"));
+    let reapplied = migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up again: {e}"));
 
     assert_eq!(reapplied, vec![newest.clone()], "up re-applies {newest} only");
     assert_eq!(tables(&mut client), all_tables, "the tables of {newest} are back");
@@ -257,20 +263,21 @@ fn down_one_rolls_back_only_the_newest_and_up_reapplies_it() {
 fn down_more_than_the_count_rolls_back_everything_and_leaves_an_empty_schema() {
     let mut client = connect(&empty_database());
     let dir = sql_dir();
+    let source = Source::Dir(dir.clone());
     let stems = stems(&dir);
-    migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("up: {e}"));
+    migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up: {e}"));
 
-    let rolled_back = migrate::down(&mut client, &dir, stems.len() + 5).unwrap_or_else(|e| panic!("down: {e}"));
+    let rolled_back = migrate::down(&mut client, &source, stems.len() + 5).unwrap_or_else(|e| panic!("down: {e}"));
 
     let newest_first: Vec<String> = stems.iter().rev().cloned().collect();
     assert_eq!(rolled_back, newest_first, "down rolls back every migration, newest first");
     assert_eq!(tables(&mut client), vec!["schema_migrations".to_string()], "only schema_migrations is left");
     assert_eq!(leftovers(&mut client), Vec::<String>::new(), "the down files leave nothing behind");
     assert_eq!(recorded_versions(&mut client), Vec::<i64>::new(), "schema_migrations is empty");
-    assert_eq!(migrate::pending(&mut client, &dir).unwrap_or_else(|e| panic!("pending: {e}")), stems);
+    assert_eq!(migrate::pending(&mut client, &source).unwrap_or_else(|e| panic!("pending: {e}")), stems);
 
-    let nothing = migrate::down(&mut client, &dir, 1).unwrap_or_else(|e| panic!("down on an empty schema: {e}"));
-    let reapplied = migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("up after down: {e}"));
+    let nothing = migrate::down(&mut client, &source, 1).unwrap_or_else(|e| panic!("down on an empty schema: {e}"));
+    let reapplied = migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up after down: {e}"));
 
     assert_eq!(nothing, Vec::<String>::new(), "down with nothing applied rolls back nothing");
     assert_eq!(reapplied, stems, "everything applies again after a full rollback");
@@ -280,17 +287,17 @@ fn down_more_than_the_count_rolls_back_everything_and_leaves_an_empty_schema() {
 fn an_applied_file_whose_text_changed_makes_up_status_and_down_fail_naming_it() {
     let mut client = connect(&empty_database());
     let sql = SqlCopy::new();
-    let stems = stems(&sql.dir);
-    migrate::up(&mut client, &sql.dir).unwrap_or_else(|e| panic!("up: {e}"));
+    let stems = stems(sql.dir());
+    migrate::up(&mut client, &sql.source()).unwrap_or_else(|e| panic!("up: {e}"));
     let edited = format!("{}.up.sql", stems[1]);
 
     sql.append(&edited, "-- An innocent-looking edit after the fact.\n");
 
     let errors = [
-        ("up", expect_error(migrate::up(&mut client, &sql.dir), "up after an edit")),
-        ("status", expect_error(migrate::status(&mut client, &sql.dir), "status after an edit")),
-        ("pending", expect_error(migrate::pending(&mut client, &sql.dir), "pending after an edit")),
-        ("down", expect_error(migrate::down(&mut client, &sql.dir, 1), "down after an edit")),
+        ("up", expect_error(migrate::up(&mut client, &sql.source()), "up after an edit")),
+        ("status", expect_error(migrate::status(&mut client, &sql.source()), "status after an edit")),
+        ("pending", expect_error(migrate::pending(&mut client, &sql.source()), "pending after an edit")),
+        ("down", expect_error(migrate::down(&mut client, &sql.source(), 1), "down after an edit")),
     ];
     for (what, error) in errors {
         assert!(error.contains(&edited), "{what}: the error names {edited}: {error}");
@@ -317,8 +324,8 @@ fn a_badly_named_or_unpaired_file_is_an_error_naming_it() {
             sql.write(file, "-- A file that should never run.\nCREATE TABLE never_created (id int);\n");
         }
 
-        let up = expect_error(migrate::up(&mut client, &sql.dir), description);
-        let status = expect_error(migrate::status(&mut client, &sql.dir), description);
+        let up = expect_error(migrate::up(&mut client, &sql.source()), description);
+        let status = expect_error(migrate::status(&mut client, &sql.source()), description);
 
         let named = format!("/{named}");
         assert!(up.contains(&named), "{description}: up names {named}: {up}");
@@ -332,7 +339,7 @@ fn a_badly_named_or_unpaired_file_is_an_error_naming_it() {
 fn a_migration_whose_sql_fails_leaves_nothing_of_itself_behind_and_is_named() {
     let mut client = connect(&empty_database());
     let sql = SqlCopy::new();
-    let stems = stems(&sql.dir);
+    let stems = stems(sql.dir());
     let broken = format!("{:04}_break_things", stems.len() + 1);
     sql.write(
         &format!("{broken}.up.sql"),
@@ -340,36 +347,76 @@ fn a_migration_whose_sql_fails_leaves_nothing_of_itself_behind_and_is_named() {
     );
     sql.write(&format!("{broken}.down.sql"), "-- Undoes it.\nDROP TABLE half_done;\n");
 
-    let error = expect_error(migrate::up(&mut client, &sql.dir), "up with a failing file");
+    let error = expect_error(migrate::up(&mut client, &sql.source()), "up with a failing file");
 
     assert!(error.contains(&format!("{broken}.up.sql")), "the error names {broken}.up.sql: {error}");
     assert!(error.contains("no_such_table"), "the error carries the database's reason: {error}");
     assert!(!tables(&mut client).contains(&"half_done".to_string()), "the failed file's table was rolled back");
     let older: Vec<i64> = stems.iter().map(|stem| version_of(stem)).collect();
     assert_eq!(recorded_versions(&mut client), older, "the files before it stay applied; it has no row");
-    let pending = migrate::pending(&mut client, &sql.dir).unwrap_or_else(|e| panic!("pending: {e}"));
+    let pending = migrate::pending(&mut client, &sql.source()).unwrap_or_else(|e| panic!("pending: {e}"));
     assert_eq!(pending, vec![broken.clone()], "the failed file is still pending");
 
     sql.write(&format!("{broken}.up.sql"), "-- Creates a table.\nCREATE TABLE half_done (id int);\n");
-    let applied = migrate::up(&mut client, &sql.dir).unwrap_or_else(|e| panic!("up after the fix: {e}"));
+    let applied = migrate::up(&mut client, &sql.source()).unwrap_or_else(|e| panic!("up after the fix: {e}"));
 
     assert_eq!(applied, vec![broken], "once fixed, it applies");
+}
+
+#[test]
+fn the_embedded_files_are_exactly_the_files_of_sql_with_the_same_text() {
+    let mut on_disk: Vec<(String, String)> = fs::read_dir(sql_dir())
+        .expect("read sql/")
+        .map(|entry| entry.expect("read an sql/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .map(|path| {
+            let file_name = path.file_name().expect("a file name").to_string_lossy().into_owned();
+            let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            (file_name, text)
+        })
+        .collect();
+    on_disk.sort();
+
+    let embedded = Source::Embedded.files().unwrap_or_else(|e| panic!("embedded files: {e}"));
+
+    let names = |files: &[(String, String)]| -> Vec<String> { files.iter().map(|(name, _)| name.clone()).collect() };
+    assert_eq!(names(&embedded), names(&on_disk), "the binary holds every sql/*.sql file and no other");
+    for ((file_name, embedded_text), (_, disk_text)) in embedded.iter().zip(&on_disk) {
+        assert!(embedded_text == disk_text, "{file_name}: the built-in text differs from sql/{file_name}");
+    }
+}
+
+#[test]
+fn a_database_migrated_from_the_embedded_files_verifies_against_sql_on_disk() {
+    let mut client = connect(&empty_database());
+    let on_disk = Source::Dir(sql_dir());
+    let stems = stems(&sql_dir());
+
+    let applied = migrate::up(&mut client, &Source::Embedded).unwrap_or_else(|e| panic!("embedded up: {e}"));
+    let status = migrate::status(&mut client, &on_disk).unwrap_or_else(|e| panic!("status from sql/: {e}"));
+    let again = migrate::up(&mut client, &on_disk).unwrap_or_else(|e| panic!("up from sql/: {e}"));
+
+    assert_eq!(applied, stems, "the embedded source applies every stem of sql/, in order");
+    let want: Vec<(String, bool)> = stems.iter().map(|stem| (stem.clone(), true)).collect();
+    assert_eq!(status, want, "sql/ on disk agrees with every recorded checksum");
+    assert_eq!(again, Vec::<String>::new(), "nothing is left to apply from sql/");
 }
 
 #[test]
 fn two_migrators_racing_on_one_empty_database_apply_each_version_exactly_once() {
     let url = empty_database();
     let dir = sql_dir();
+    let source = Source::Dir(dir.clone());
     let stems = stems(&dir);
     let barrier = Arc::new(Barrier::new(2));
 
     let migrators: Vec<_> = (0..2)
         .map(|_| {
-            let (url, dir, barrier) = (url.clone(), dir.clone(), Arc::clone(&barrier));
+            let (url, source, barrier) = (url.clone(), source.clone(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 let mut client = connect(&url);
                 barrier.wait();
-                migrate::up(&mut client, &dir).map_err(|e| e.to_string())
+                migrate::up(&mut client, &source).map_err(|e| e.to_string())
             })
         })
         .collect();
@@ -394,6 +441,7 @@ fn two_migrators_racing_on_one_empty_database_apply_each_version_exactly_once() 
 fn server_start_with_pending_migrations_fails_and_says_to_run_make_migrate() {
     let url = empty_database();
     let dir = sql_dir();
+    let source = Source::Dir(dir.clone());
     let stems = stems(&dir);
     let newest = stems.last().expect("at least one migration");
     let start = || {
@@ -421,8 +469,8 @@ fn server_start_with_pending_migrations_fails_and_says_to_run_make_migrate() {
 
     let on_empty = start().expect("the server refuses an empty database");
     let mut client = connect(&url);
-    migrate::up(&mut client, &dir).unwrap_or_else(|e| panic!("up: {e}"));
-    migrate::down(&mut client, &dir, 1).unwrap_or_else(|e| panic!("down 1: {e}"));
+    migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up: {e}"));
+    migrate::down(&mut client, &source, 1).unwrap_or_else(|e| panic!("down 1: {e}"));
     let on_one_pending = start().expect("the server refuses a database with one migration pending");
 
     assert!(on_empty.contains("make migrate"), "the error says to run `make migrate`: {on_empty}");

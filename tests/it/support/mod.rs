@@ -18,6 +18,8 @@ pub use client::{assert_keys, assert_utc_timestamp, check_error, random_hex, req
 #[allow(unused_imports)]
 pub use pg::{fresh_database, PrivateCluster};
 
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Polls `probe` until it returns `Some`, panicking with `what` after `timeout`.
@@ -34,5 +36,32 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A new, empty directory under the system's temporary directory, removed
+/// with everything in it on drop.
+#[allow(dead_code)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+#[allow(dead_code)]
+impl TempDir {
+    /// Creates `msg-it-WHAT-<pid>-<random>`.
+    pub fn new(what: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("msg-it-{what}-{}-{}", std::process::id(), random_hex(6)));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
     }
 }

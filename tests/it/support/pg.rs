@@ -4,8 +4,8 @@
 //! `cargo test` gets a cluster started here, once per test process, that a
 //! watchdog stops when the process exits (destructors of statics never run).
 //! Every test database is cloned from a template migrated once per set of
-//! `sql/*.sql` files; several test processes may race to build it, so an
-//! advisory lock serializes building and cloning.
+//! migrations built into the binary; several test processes may race to
+//! build it, so an advisory lock serializes building and cloning.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 
+use messaging::migrate::{self, Source};
 use postgres::{Client, NoTls};
 use sha2::{Digest, Sha256};
 
@@ -88,29 +89,19 @@ fn build_template(admin: &mut Client, admin_url: &str, template: &str) {
 }
 
 fn migrate(client: &mut Client, what: &str) {
-    if let Err(e) = messaging::migrate::up(client, &sql_dir()) {
+    if let Err(e) = migrate::up(client, &Source::Embedded) {
         panic!("migrating {what} failed: {e}");
     }
 }
 
-fn sql_dir() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql")).to_path_buf()
-}
-
-/// `messaging_tpl_<12 hex>`: a digest of every `sql/*.sql` name and content.
+/// `messaging_tpl_<12 hex>`: a digest of every migration built into the binary, name and text.
 fn template_name() -> String {
-    let mut files: Vec<PathBuf> = fs::read_dir(sql_dir())
-        .expect("read sql/")
-        .map(|entry| entry.expect("read sql/ entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
-        .collect();
-    files.sort();
+    let files = Source::Embedded.files().unwrap_or_else(|e| panic!("read the embedded migrations: {e}"));
     let mut hasher = Sha256::new();
-    for path in files {
-        let name = path.file_name().expect("a file name").to_string_lossy().into_owned();
-        hasher.update(name.as_bytes());
+    for (file_name, text) in files {
+        hasher.update(file_name.as_bytes());
         hasher.update([0]);
-        hasher.update(fs::read(&path).expect("read a migration"));
+        hasher.update(text.as_bytes());
         hasher.update([0]);
     }
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
