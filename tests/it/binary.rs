@@ -32,12 +32,13 @@ const VARIABLES: &[&str] = &[
     "WS_ALLOWED_ORIGINS",
     "WS_QUEUE",
     "MIGRATIONS_DIR",
+    "MESSAGING_FAULT",
 ];
 
-const SECRET_KEY: &str = "a-test-secret-key-that-is-long-enough-0123456789";
+pub(crate) const SECRET_KEY: &str = "a-test-secret-key-that-is-long-enough-0123456789";
 
 /// A URL that parses but is never connected to: configuration is checked first.
-const UNUSED_DATABASE_URL: &str = "postgresql://postgres@localhost/messaging?host=/nonexistent";
+pub(crate) const UNUSED_DATABASE_URL: &str = "postgresql://postgres@localhost/messaging?host=/nonexistent";
 
 const USAGE_LINE: &str = "messaging: usage: messaging serve | messaging migrate up | down [N] | status";
 
@@ -55,7 +56,7 @@ pub struct Running {
 
 impl Running {
     /// Starts `messaging ARGS` with only `vars` of the configuration variables set.
-    fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
+    pub(crate) fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
         let mut command = Command::new(env!("CARGO_BIN_EXE_messaging"));
         command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
         for name in VARIABLES {
@@ -85,7 +86,7 @@ impl Running {
     }
 
     /// The exit status, if the child has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap_or_else(|e| panic!("{}: wait: {e}", self.what))
     }
 
@@ -93,7 +94,7 @@ impl Running {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }
@@ -123,18 +124,18 @@ impl Output {
         self.stdout.lines().collect()
     }
 
-    fn stderr_lines(&self) -> Vec<&str> {
+    pub(crate) fn stderr_lines(&self) -> Vec<&str> {
         self.stderr.lines().collect()
     }
 }
 
 /// Runs `messaging ARGS` to completion within `EXIT_DEADLINE`.
-fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Running::spawn(args, vars).finish(EXIT_DEADLINE)
 }
 
 /// Asserts a non-zero exit and stderr free of Rust panic text.
-fn assert_failed_cleanly(output: &Output, what: &str) {
+pub(crate) fn assert_failed_cleanly(output: &Output, what: &str) {
     assert!(!output.status.success(), "{what}: expected a non-zero exit:\n{}", output.describe());
     for panic_text in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
         assert!(!output.stderr.contains(panic_text), "{what}: stderr holds panic text:\n{}", output.describe());
@@ -142,7 +143,7 @@ fn assert_failed_cleanly(output: &Output, what: &str) {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("a local address")
 }
 
