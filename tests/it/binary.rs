@@ -33,12 +33,13 @@ const VARIABLES: &[&str] = &[
     "WS_ALLOWED_ORIGINS",
     "WS_QUEUE",
     "MIGRATIONS_DIR",
+    "MESSAGING_FAULT",
 ];
 
-const SECRET_KEY: &str = "a-test-secret-key-that-is-long-enough-0123456789";
+pub(crate) const SECRET_KEY: &str = "a-test-secret-key-that-is-long-enough-0123456789";
 
 /// A URL that parses but is never connected to: configuration is checked first.
-const UNUSED_DATABASE_URL: &str = "postgresql://postgres@localhost/messaging?host=/nonexistent";
+pub(crate) const UNUSED_DATABASE_URL: &str = "postgresql://postgres@localhost/messaging?host=/nonexistent";
 
 const USAGE_LINE: &str = "messaging: usage: messaging serve | messaging migrate up | down [N] | status";
 
@@ -56,7 +57,7 @@ pub struct Running {
 
 impl Running {
     /// Starts `messaging ARGS` in the repository root with only `vars` of the configuration variables set.
-    fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
+    pub(crate) fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
         Running::spawn_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, vars)
     }
 
@@ -91,7 +92,7 @@ impl Running {
     }
 
     /// The exit status, if the child has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap_or_else(|e| panic!("{}: wait: {e}", self.what))
     }
 
@@ -99,7 +100,7 @@ impl Running {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }
@@ -129,13 +130,13 @@ impl Output {
         self.stdout.lines().collect()
     }
 
-    fn stderr_lines(&self) -> Vec<&str> {
+    pub(crate) fn stderr_lines(&self) -> Vec<&str> {
         self.stderr.lines().collect()
     }
 }
 
 /// Runs `messaging ARGS` in the repository root to completion within `EXIT_DEADLINE`.
-fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Running::spawn(args, vars).finish(EXIT_DEADLINE)
 }
 
@@ -150,7 +151,7 @@ fn lines(prefix: &str, stems: &[String]) -> Vec<String> {
 }
 
 /// Asserts a non-zero exit and stderr free of Rust panic text.
-fn assert_failed_cleanly(output: &Output, what: &str) {
+pub(crate) fn assert_failed_cleanly(output: &Output, what: &str) {
     assert!(!output.status.success(), "{what}: expected a non-zero exit:\n{}", output.describe());
     for panic_text in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
         assert!(!output.stderr.contains(panic_text), "{what}: stderr holds panic text:\n{}", output.describe());
@@ -158,7 +159,7 @@ fn assert_failed_cleanly(output: &Output, what: &str) {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("a local address")
 }
 

@@ -26,5 +26,7 @@ mod realtime;
 mod migrate;
 // The compiled binary: exit codes, one-line errors, `migrate` output, `serve` refusing or answering.
 mod binary;
+// The log on stderr: logfmt, `LOG` levels, request ids, causes of 500s and 503s, and watched threads.
+mod logs;
 // The README's curl walkthrough, run verbatim against a fresh server.
 mod readme;
