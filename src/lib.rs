@@ -17,6 +17,8 @@ mod db;
 mod router;
 mod http;
 pub mod watch;
+mod sequencer;
+mod directory;
 pub mod migrate;
 mod store;
 pub mod auth;
@@ -44,8 +46,8 @@ mod tests {
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 11] = [
         &["model", "log", "ratelimit"],
-        &["error", "watch"],
-        &["db", "router", "http"],
+        &["error", "watch", "sequencer"],
+        &["db", "router", "http", "directory"],
         &["store", "migrate"],
         &["config", "auth", "jobs", "notify"],
         &["hub"],

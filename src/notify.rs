@@ -116,13 +116,24 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the watched thread that sends this process's signals.
-    pub fn start(database_url: &str, process_id: i64, log: Log, watch: &Watch) -> Result<Notifier, String> {
+    /// Starts the watched thread that sends this process's signals. A
+    /// `silent` notifier (the test-only `MESSAGING_FAULT=silent-notifier`)
+    /// drops every signal, as a process killed between commit and NOTIFY would.
+    pub fn start(
+        database_url: &str,
+        process_id: i64,
+        log: Log,
+        watch: &Watch,
+        silent: bool,
+    ) -> Result<Notifier, String> {
         let (queue, signals) = bounded(QUEUE);
         let overflowed = Arc::new(AtomicBool::new(false));
         let db = Db::new(database_url)?;
         let lost = overflowed.clone();
-        watch.spawn("notifier", move || send_batches(db, process_id, &signals, &lost, log))?;
+        watch.spawn("notifier", move || match silent {
+            false => send_batches(db, process_id, &signals, &lost, log),
+            true => signals.iter().for_each(drop),
+        })?;
         Ok(Notifier { queue, overflowed })
     }
 

@@ -102,9 +102,13 @@ impl Presence {
     /// Deletes the rows of processes that died without cleaning up, and
     /// announces "offline" for their users who have no connection left.
     fn bury_dead_processes(&self, db: &mut Db) -> Result<(), ApiError> {
-        let users = store::delete_dead_processes(&mut db.sql()?)?;
-        if !users.is_empty() {
-            self.log.info("buried dead processes", &[("thread", &"presence"), ("users", &users.len())]);
+        let (processes, users) = store::delete_dead_processes(&mut db.sql()?)?;
+        if processes > 0 {
+            let fields: [crate::log::Field; 3] =
+                [("thread", &"presence"), ("processes", &processes), ("users", &users.len())];
+            self.log.info("buried dead processes", &fields);
+            // Their last signals may never have been sent.
+            self.hub.process_died();
         }
         for user_id in users {
             // Under the user's lock, like every other presence change.

@@ -110,7 +110,8 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let (watch, deaths) = Watch::new(stop.clone(), log, config.fault.clone());
     let url = &config.database_url;
     let jobs = Jobs::start(url, (config.workers / 2).max(2), log, &watch)?;
-    let notifier = Notifier::start(url, process_id, log, &watch)?;
+    let silent = config.fault.as_deref() == Some("silent-notifier");
+    let notifier = Notifier::start(url, process_id, log, &watch, silent)?;
     let hub = Hub::start(jobs.clone(), notifier.clone(), log, &watch)?;
     let presence = Arc::new(Presence::new(process_id, hub.clone(), notifier.clone(), log));
     presence::register_process(url, process_id)?;

@@ -684,6 +684,21 @@ pub fn list_chat_seqs(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Res
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// Each of these chats with its last seq (anti-entropy).
+pub fn list_last_seqs(sql: &mut Sql<impl GenericClient>, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, i64)>, ApiError> {
+    let rows = sql.query("SELECT id, last_seq FROM chats WHERE id = ANY($1)", &[&chat_ids])?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// The chats each of these users is in.
+pub fn list_memberships(
+    sql: &mut Sql<impl GenericClient>,
+    user_ids: &[UserId],
+) -> Result<Vec<(UserId, ChatId)>, ApiError> {
+    let rows = sql.query("SELECT user_id, chat_id FROM chat_members WHERE user_id = ANY($1)", &[&user_ids])?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// Records this process as alive, now.
 pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Result<(), ApiError> {
     sql.execute(
@@ -694,17 +709,15 @@ pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Resul
 }
 
 /// Forgets processes that stopped beating a minute ago, and their presence;
-/// returns the users whose connections those were (each once).
-pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<Vec<UserId>, ApiError> {
-    let rows = sql.query(
-        "WITH dead AS (DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute' RETURNING id)
-         DELETE FROM presence p USING dead WHERE p.process_id = dead.id RETURNING p.user_id",
+/// returns how many processes, and the users whose connections those were (each once).
+pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<(i64, Vec<UserId>), ApiError> {
+    let row = sql.query_one(
+        "WITH dead AS (DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute' RETURNING id),
+              gone AS (DELETE FROM presence p USING dead WHERE p.process_id = dead.id RETURNING p.user_id)
+         SELECT (SELECT count(*) FROM dead), ARRAY(SELECT DISTINCT user_id FROM gone ORDER BY user_id)",
         &[],
     )?;
-    let mut users: Vec<UserId> = rows.iter().map(|row| row.get(0)).collect();
-    users.sort_unstable();
-    users.dedup();
-    Ok(users)
+    Ok((row.get(0), row.get(1)))
 }
 
 pub fn delete_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Result<(), ApiError> {

@@ -225,7 +225,12 @@ fn open(
         return Err(ApiError::unavailable("the hub did not register the connection in time"));
     }
     let presence = app.presence.clone();
+    let session_id = session.id;
     let snapshot = app.jobs.run(move |db| {
+        // The session was read before the hub knew this connection: a logout
+        // in between closed nothing here, so it is read again now. A logout
+        // after this read finds the connection registered and closes it.
+        store::find_session_by_id(&mut db.sql()?, session_id)?.ok_or(ApiError::Unauthorized)?;
         let first = presence.connected(db, conn, user_id)?;
         Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
     });

@@ -1,5 +1,5 @@
 //! The integration tests: one binary, one module per area of the contract
-//! (`../shared/contract/api.md`), all sharing the harness in `support`.
+//! (`docs/api.md`), all sharing the harness in `support`.
 //!
 //! Every test starts its own server on port 0 against its own database, so
 //! tests run in parallel and never see each other's users.
