@@ -30,7 +30,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::http::{self, Query};
 use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
-use crate::log::Level;
+use crate::log::{self, Level};
 use crate::messages::{self, Sent};
 use crate::model::{ChatId, Session, UserId};
 use crate::store;
@@ -249,6 +249,7 @@ fn open(
 /// connection, and announces the user if it just came online.
 fn subscribe(app: &Arc<App>, conn: hub::ConnId, opened: Opened, queue: &Queue) {
     let Opened { session, protocol, chats, first } = opened;
+    app.log.debug("WebSocket open", &[("conn", &conn), ("user", &session.user.id), ("chats", &chats.len())]);
     if protocol == Protocol::Current {
         let listed: Vec<_> =
             chats.iter().map(|(chat_id, last_seq)| json!({ "chat_id": chat_id, "last_seq": last_seq })).collect();
@@ -264,6 +265,8 @@ fn subscribe(app: &Arc<App>, conn: hub::ConnId, opened: Opened, queue: &Queue) {
 
 /// Takes the connection out of the hub, lets the writer finish, and forgets its presence.
 fn close(app: &Arc<App>, conn: hub::ConnId, user_id: UserId, queue: &Queue, shared: &ConnShared) {
+    let code = log::OrDash(shared.close_code());
+    app.log.debug("WebSocket closed", &[("conn", &conn), ("user", &user_id), ("code", &code)]);
     app.hub.unregister(conn);
     shared.close(CLOSE_QUIETLY);
     queue.wake();
