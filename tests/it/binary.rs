@@ -103,6 +103,12 @@ impl Running {
     pub(crate) fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// Ends the child with SIGKILL, as a crash would, and reaps it.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().unwrap_or_else(|e| panic!("{}: SIGKILL: {e}", self.what));
+        self.child.wait().unwrap_or_else(|e| panic!("{}: wait after SIGKILL: {e}", self.what));
+    }
 }
 
 impl Drop for Running {
@@ -313,7 +319,7 @@ fn serve_with_pending_migrations_exits_non_zero_saying_to_run_make_migrate() {
 
 /// Starts `messaging serve` in the working directory `dir` on free ports, and
 /// waits until it accepts connections on `HTTP_ADDR`.
-fn serve_in(dir: &Path, db_url: &str) -> (Running, SocketAddr, SocketAddr) {
+pub(crate) fn serve_in(dir: &Path, db_url: &str) -> (Running, SocketAddr, SocketAddr) {
     let (http_addr, ws_addr) = (free_addr(), free_addr());
     let (http, ws) = (http_addr.to_string(), ws_addr.to_string());
     let mut server = Running::spawn_in(

@@ -30,3 +30,5 @@ mod binary;
 mod logs;
 // The README's curl walkthrough, run verbatim against a fresh server.
 mod readme;
+// Issue 12: real-time delivery under races between processes, reconnects, membership changes, logouts and a SIGKILL.
+mod delivery;

@@ -29,10 +29,10 @@ use crate::support::{
 
 /// The contract's "within a second", with slack for a machine that runs
 /// every test at once on two cores.
-const PROMPTLY: Duration = Duration::from_secs(2);
+pub(crate) const PROMPTLY: Duration = Duration::from_secs(2);
 
 /// For frames that follow a handshake or a burst of work.
-const SOON: Duration = Duration::from_secs(10);
+pub(crate) const SOON: Duration = Duration::from_secs(10);
 
 /// The same constant as `support/app.rs`'s `SECRET_KEY`, which is private
 /// there; tests that sign their own tickets need it. If the two drift apart,
@@ -41,7 +41,7 @@ const SOON: Duration = Duration::from_secs(10);
 const SECRET_KEY: &str = "test-secret-key-0123456789abcdef-0123456789abcdef-0123456789abcd";
 
 /// Connects `user` to `app` with its bearer token and checks the `ready` frame.
-fn connect_ready(app: &TestApp, user: &TestUser, name: &str) -> (WsClient, Value) {
+pub(crate) fn connect_ready(app: &TestApp, user: &TestUser, name: &str) -> (WsClient, Value) {
     let mut ws = connect_bearer(app.ws_addr, &user.token).named(name);
     let ready = ws.recv(SOON, "the ready frame");
     assert_ready(&ready, user, name);
@@ -49,7 +49,7 @@ fn connect_ready(app: &TestApp, user: &TestUser, name: &str) -> (WsClient, Value
 }
 
 /// Asserts the `ready` frame's shape and that it names `user`.
-fn assert_ready(ready: &Value, user: &TestUser, what: &str) {
+pub(crate) fn assert_ready(ready: &Value, user: &TestUser, what: &str) {
     assert_eq!(ready["type"], "ready", "{what}: the first frame must be ready: {ready}");
     assert_keys(ready, &["type", "user", "chats"], &format!("{what}: the ready frame"));
     assert_keys(&ready["user"], &["id", "username", "email", "created_at"], &format!("{what}: ready.user (Me)"));
@@ -64,35 +64,35 @@ fn assert_ready(ready: &Value, user: &TestUser, what: &str) {
 }
 
 /// `last_seq` of `chat_id` in a ready frame, or `None` when it is not listed.
-fn last_seq_in(ready: &Value, chat_id: i64) -> Option<i64> {
+pub(crate) fn last_seq_in(ready: &Value, chat_id: i64) -> Option<i64> {
     ready["chats"].as_array()?.iter().find(|chat| chat["chat_id"] == json!(chat_id))?["last_seq"].as_i64()
 }
 
 /// Whether `frame` carries an event of `chat_id` whose type is `kind`.
-fn is_event(frame: &Value, chat_id: i64, kind: &str) -> bool {
+pub(crate) fn is_event(frame: &Value, chat_id: i64, kind: &str) -> bool {
     frame["type"] == "event" && frame["event"]["chat_id"] == json!(chat_id) && frame["event"]["type"] == kind
 }
 
 /// Whether `frame` is the `message.created` event of the message `message_id`.
-fn is_created(frame: &Value, message_id: &Value) -> bool {
+pub(crate) fn is_created(frame: &Value, message_id: &Value) -> bool {
     frame["type"] == "event"
         && frame["event"]["type"] == "message.created"
         && &frame["event"]["message"]["id"] == message_id
 }
 
 /// Whether `frame` carries any event of `chat_id`.
-fn is_any_event_of(frame: &Value, chat_id: i64) -> bool {
+pub(crate) fn is_any_event_of(frame: &Value, chat_id: i64) -> bool {
     frame["type"] == "event" && frame["event"]["chat_id"] == json!(chat_id)
 }
 
 /// Asserts an event frame's shape and returns its event.
-fn event_of(frame: &Value, chat_id: i64) -> Value {
+pub(crate) fn event_of(frame: &Value, chat_id: i64) -> Value {
     assert_keys(frame, &["type", "event"], "an event frame");
     assert_event_shape(&frame["event"], chat_id);
     frame["event"].clone()
 }
 
-fn seq_of(value: &Value) -> i64 {
+pub(crate) fn seq_of(value: &Value) -> i64 {
     value["seq"].as_i64().unwrap_or_else(|| panic!("no integer seq in {value}"))
 }
 
@@ -100,7 +100,7 @@ fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs() as i64
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
@@ -129,7 +129,7 @@ fn session_id(app: &TestApp, user: &TestUser) -> SessionId {
 
 /// Asserts that a connection was closed the way logout closes it: a Close
 /// frame with 4001, or the connection simply ending, before `deadline`.
-fn assert_logged_out(ws: &mut WsClient, deadline: Instant, what: &str) {
+pub(crate) fn assert_logged_out(ws: &mut WsClient, deadline: Instant, what: &str) {
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let closed = ws.expect_close(left, what);
     assert!(

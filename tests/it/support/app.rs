@@ -74,6 +74,12 @@ pub fn spawn_app_on_listeners(db_url: &str, vars: &[(&str, &str)], http: TcpList
 
 #[allow(dead_code)]
 impl TestApp {
+    /// A client for a server this test did not start in-process (a child
+    /// process running the binary, say); dropping it stops nothing.
+    pub fn attach(http_addr: SocketAddr, ws_addr: SocketAddr, db_url: &str) -> TestApp {
+        TestApp { http_addr, ws_addr, db_url: db_url.to_string(), running: None }
+    }
+
     pub fn get(&self, path: &str, token: Option<&str>) -> Resp {
         self.send("GET", path, token, None)
     }

@@ -85,6 +85,19 @@ impl std::fmt::Debug for Resp {
 /// Adds `Host`, `Content-Length` (when there is a body, or the method usually
 /// has one) and `Connection: close` unless `headers` already has them.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|problem| panic!("{problem}"))
+}
+
+/// `request`, but a server that cannot be reached, or that ends the
+/// connection without a complete response, is an `Err` saying so rather
+/// than a panic: for servers a test kills on purpose.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !has("Host") {
@@ -103,7 +116,7 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     head.push_str("\r\n");
 
     let what = format!("{method} {path} to {addr}");
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{what}: cannot connect: {e}"));
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("{what}: cannot connect: {e}"))?;
     stream.set_read_timeout(Some(READ_TIMEOUT)).expect("set a read timeout");
     stream.set_write_timeout(Some(READ_TIMEOUT)).expect("set a write timeout");
     let mut bytes = head.into_bytes();
@@ -111,39 +124,39 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     // A server may answer early (413) and close; the answer is still worth reading.
     let written = stream.write_all(&bytes).and_then(|()| stream.flush());
     let head_only = method.eq_ignore_ascii_case("HEAD");
-    let raw = read_response(&mut stream, &what, head_only);
+    let raw = read_response(&mut stream, &what, head_only)?;
     match parse_response(&raw, head_only) {
-        Some(Ok(resp)) => resp,
-        Some(Err(problem)) => panic!("{what}: bad response ({problem}):\n{}", String::from_utf8_lossy(&raw)),
-        None => panic!(
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(problem)) => Err(format!("{what}: bad response ({problem}):\n{}", String::from_utf8_lossy(&raw))),
+        None => Err(format!(
             "{what}: connection closed before a complete response (write: {written:?}); got {} bytes:\n{}",
             raw.len(),
             String::from_utf8_lossy(&raw)
-        ),
+        )),
     }
 }
 
 /// Reads until the response is complete or the server closes the connection.
-fn read_response(stream: &mut TcpStream, what: &str, head_only: bool) -> Vec<u8> {
+fn read_response(stream: &mut TcpStream, what: &str, head_only: bool) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         if response_is_complete(&raw, head_only) {
-            return raw;
+            return Ok(raw);
         }
         match stream.read(&mut chunk) {
-            Ok(0) => return raw,
+            Ok(0) => return Ok(raw),
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!(
+                return Err(format!(
                     "{what}: no complete response within {READ_TIMEOUT:?}; got {} bytes:\n{}",
                     raw.len(),
                     String::from_utf8_lossy(&raw)
-                )
+                ))
             }
             // A reset after the server wrote its answer (it closed with our body unread).
-            Err(_) => return raw,
+            Err(_) => return Ok(raw),
         }
     }
 }

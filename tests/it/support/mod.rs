@@ -14,7 +14,7 @@ pub mod ws;
 #[allow(unused_imports)]
 pub use app::{spawn_app, spawn_app_on, spawn_app_on_listeners, spawn_app_with, TestApp};
 #[allow(unused_imports)]
-pub use client::{assert_keys, assert_utc_timestamp, check_error, random_hex, request, Resp, TestUser};
+pub use client::{assert_keys, assert_utc_timestamp, check_error, random_hex, request, try_request, Resp, TestUser};
 #[allow(unused_imports)]
 pub use pg::{fresh_database, PrivateCluster};
 
