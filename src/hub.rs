@@ -462,13 +462,14 @@ impl State {
                 return;
             }
         };
+        let mut conns_of: HashMap<UserId, Vec<ConnId>> = HashMap::new();
+        for (conn_id, conn) in &self.conns {
+            conns_of.entry(conn.user_id).or_default().push(*conn_id);
+        }
         let mut stale = HashSet::new();
         for (user_id, chat_id) in memberships {
-            for (conn_id, conn) in &self.conns {
-                if conn.user_id == user_id
-                    && !self.directory.follows(*conn_id, chat_id)
-                    && self.directory.subscribed(*conn_id)
-                {
+            for conn_id in conns_of.get(&user_id).map(Vec::as_slice).unwrap_or_default() {
+                if self.directory.subscribed(*conn_id) && !self.directory.follows(*conn_id, chat_id) {
                     stale.insert(*conn_id);
                 }
             }
