@@ -29,8 +29,9 @@ pub struct Config {
     pub ws_max_connections: usize,
     /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
     pub migrations: migrate::Source,
-    /// A test-only fault: the named watched thread panics soon after it
-    /// starts (`MESSAGING_FAULT`, read by debug builds only).
+    /// A test-only fault (`MESSAGING_FAULT`, read by debug builds only): a
+    /// watched thread's name makes it panic soon after it starts, and
+    /// `silent-notifier` makes the notifier drop every signal.
     pub fault: Option<String>,
 }
 

@@ -30,6 +30,9 @@ use crate::sequencer::Sequencer;
 
 pub type ConnId = u64;
 
+/// The most chats `heard` remembers.
+const MAX_HEARD: usize = 65_536;
+
 /// What the hub must do.
 #[derive(Debug)]
 pub enum Action {
@@ -72,11 +75,14 @@ struct Cursor {
 pub struct Directory {
     conns: HashMap<ConnId, Conn>,
     users: HashMap<UserId, Vec<ConnId>>,
+    sessions: HashMap<SessionId, Vec<ConnId>>,
     /// Each chat followed here: its stream and the subscribed connections following it.
     chats: HashMap<ChatId, Chat>,
     /// While a connection waits for its snapshot, the highest seq heard of in
     /// each chat nobody here follows: a subscriber whose snapshot is older
-    /// reads the rest at once instead of waiting for the next event.
+    /// reads the rest at once instead of waiting for the next event. At most
+    /// `MAX_HEARD` chats: past that it starts afresh, and such a subscriber
+    /// waits for the last seq check instead.
     heard: HashMap<ChatId, i64>,
     n_pending: usize,
     /// The streams with a read to start at some time (a gap), so the hub's
@@ -98,6 +104,7 @@ impl Directory {
         let pending = Some(HashMap::new());
         if self.conns.insert(conn, Conn { user, session, pending, cursors: HashMap::new() }).is_none() {
             self.users.entry(user).or_default().push(conn);
+            self.sessions.entry(session).or_default().push(conn);
             self.n_pending += 1;
         }
     }
@@ -120,12 +127,12 @@ impl Directory {
             let heard = self.heard.get(&chat_id).copied().unwrap_or(exists);
             let chat = self.chats.entry(chat_id).or_insert_with(|| Chat::new(last + 1));
             // The stream reads whatever it lacks of what is known to exist.
-            chat.stream.announce(exists.max(heard), now);
-            let catchup = (last + 1 < chat.stream.next()).then(|| {
-                let mut own = Sequencer::new(last + 1);
-                own.announce(chat.stream.next() - 1, now);
-                own
-            });
+            chat.stream.expect(exists, now);
+            if heard > exists {
+                chat.stream.announce(heard, now);
+            }
+            let catchup =
+                (last + 1 < chat.stream.next()).then(|| Sequencer::behind(last + 1, chat.stream.next() - 1, now));
             chat.followers.insert(conn_id);
             if let Some(conn) = self.conns.get_mut(&conn_id) {
                 conn.cursors.insert(chat_id, Cursor { last, member: true, catchup });
@@ -148,12 +155,8 @@ impl Directory {
                 self.heard.clear();
             }
         }
-        if let Some(conns) = self.users.get_mut(&conn.user) {
-            conns.retain(|c| *c != conn_id);
-            if conns.is_empty() {
-                self.users.remove(&conn.user);
-            }
-        }
+        forget(&mut self.users, conn.user, conn_id);
+        forget(&mut self.sessions, conn.session, conn_id);
         for chat_id in conn.cursors.keys() {
             self.catchups.remove(&(conn_id, *chat_id));
             if let Some(chat) = self.chats.get_mut(chat_id) {
@@ -195,7 +198,7 @@ impl Directory {
         let mut actions = Vec::new();
         for (chat_id, last_seq) in chats {
             if let Some(chat) = self.chats.get_mut(&chat_id) {
-                chat.stream.announce(last_seq, now);
+                chat.stream.expect(last_seq, now);
                 self.step(chat_id, now, &mut actions);
             }
         }
@@ -215,25 +218,12 @@ impl Directory {
         match reader {
             Reader::Stream => {
                 let Some(chat) = self.chats.get_mut(&chat_id) else { return actions };
-                let ready = match events {
-                    Some(events) => chat.stream.fetched(events, now),
-                    None => {
-                        chat.stream.fetch_failed(now);
-                        Vec::new()
-                    }
-                };
+                let ready = chat.stream.fetched(events, now);
                 self.route(chat_id, ready, now, &mut actions);
             }
             Reader::Catchup(conn_id) => {
                 let Some(catchup) = self.catchup(conn_id, chat_id) else { return actions };
-                let ready = match events {
-                    Some(events) => catchup.fetched(events, now),
-                    None => {
-                        catchup.fetch_failed(now);
-                        Vec::new()
-                    }
-                };
-                for event in ready {
+                for event in catchup.fetched(events, now) {
                     self.give(conn_id, &event, now, &mut actions);
                 }
                 self.end_catchup_if_level(conn_id, chat_id);
@@ -274,7 +264,7 @@ impl Directory {
     fn late_join(&mut self, chat_id: ChatId, seq: i64, added: Option<UserId>, now: Instant) {
         let passed = self.chats.get(&chat_id).is_some_and(|chat| seq < chat.stream.next());
         if let (Some(user), true) = (added, passed) {
-            self.join(user, chat_id, seq, now);
+            self.join(user, chat_id, seq, true, now);
         }
     }
 
@@ -283,10 +273,15 @@ impl Directory {
         self.chats.iter().filter(|(_, chat)| !chat.followers.is_empty()).map(|(id, _)| *id).collect()
     }
 
-    /// The subscribed connections following a chat, with their users.
+    /// The subscribed connections whose user is a member of a chat, with their users.
     pub fn followers(&self, chat_id: ChatId) -> Vec<(ConnId, UserId)> {
         let Some(chat) = self.chats.get(&chat_id) else { return Vec::new() };
-        chat.followers.iter().filter_map(|id| self.conns.get(id).map(|conn| (*id, conn.user))).collect()
+        let member = |id: &ConnId| self.follows(*id, chat_id);
+        chat.followers
+            .iter()
+            .filter(|id| member(id))
+            .filter_map(|id| self.conns.get(id).map(|conn| (*id, conn.user)))
+            .collect()
     }
 
     /// Whether a connection follows a chat (its user is a member, as far as it has been told).
@@ -301,13 +296,12 @@ impl Directory {
 
     /// The connections opened with one of these sessions.
     pub fn conns_of_sessions(&self, sessions: &[SessionId]) -> Vec<ConnId> {
-        self.conns.iter().filter(|(_, conn)| sessions.contains(&conn.session)).map(|(id, _)| *id).collect()
+        sessions.iter().filter_map(|session| self.sessions.get(session)).flatten().copied().collect()
     }
 
     /// Every session with an open connection, each once.
     pub fn sessions(&self) -> Vec<SessionId> {
-        let sessions: HashSet<SessionId> = self.conns.values().map(|conn| conn.session).collect();
-        sessions.into_iter().collect()
+        self.sessions.keys().copied().collect()
     }
 
     /// Whether anyone here could want this chat's events: a follower, or a
@@ -318,6 +312,9 @@ impl Directory {
             return true;
         }
         if self.n_pending > 0 {
+            if self.heard.len() >= MAX_HEARD {
+                self.heard.clear();
+            }
             let heard = self.heard.entry(chat_id).or_insert(seq);
             *heard = (*heard).max(seq);
         }
@@ -348,7 +345,7 @@ impl Directory {
     fn route(&mut self, chat_id: ChatId, events: Vec<Arc<Event>>, now: Instant, actions: &mut Vec<Action>) {
         for event in events {
             if let Some(user) = event.joins() {
-                self.join(user, chat_id, event.seq, now);
+                self.join(user, chat_id, event.seq, false, now);
             }
             let followers: Vec<ConnId> =
                 self.chats.get(&chat_id).map(|chat| chat.followers.iter().copied().collect()).unwrap_or_default();
@@ -370,7 +367,7 @@ impl Directory {
     /// The user's subscribed connections that are not yet past the join
     /// start following the chat just before it (catching up if the stream
     /// has passed it); pending ones remember the join.
-    fn join(&mut self, user: UserId, chat_id: ChatId, seq: i64, now: Instant) {
+    fn join(&mut self, user: UserId, chat_id: ChatId, seq: i64, passed: bool, now: Instant) {
         let Some(stream_next) = self.chats.get(&chat_id).map(|chat| chat.stream.next()) else { return };
         let conns = self.users.get(&user).cloned().unwrap_or_default();
         for conn_id in conns {
@@ -385,13 +382,8 @@ impl Directory {
             if conn.cursors.get(&chat_id).is_some_and(past) {
                 continue;
             }
-            // Routed in order, the join is the stream's last event; one the
-            // stream passed earlier is read from the table.
-            let catchup = (seq + 1 < stream_next).then(|| {
-                let mut own = Sequencer::new(seq);
-                own.announce(stream_next - 1, now);
-                own
-            });
+            // A join routed in order comes next; one the stream passed is read from the table.
+            let catchup = passed.then(|| Sequencer::behind(seq, stream_next - 1, now));
             let behind = catchup.is_some();
             conn.cursors.insert(chat_id, Cursor { last: seq - 1, member: true, catchup });
             if behind {
@@ -467,6 +459,16 @@ impl Directory {
     fn index_catchup(&mut self, conn_id: ConnId, chat_id: ChatId) {
         if self.catchup(conn_id, chat_id).is_some() {
             self.catchups.insert((conn_id, chat_id));
+        }
+    }
+}
+
+/// Takes a connection out of the list under `key`, and the list when it is empty.
+fn forget<K: std::hash::Hash + Eq>(lists: &mut HashMap<K, Vec<ConnId>>, key: K, conn_id: ConnId) {
+    if let Some(conns) = lists.get_mut(&key) {
+        conns.retain(|c| *c != conn_id);
+        if conns.is_empty() {
+            lists.remove(&key);
         }
     }
 }
@@ -827,6 +829,43 @@ mod tests {
         world.local(&four);
         assert!(world.dir.chats.is_empty(), "an event nobody wants starts nothing");
         assert!(world.reads.is_empty());
+    }
+
+    #[test]
+    fn a_join_heard_after_another_member_subscribed_past_it_is_read_at_once() {
+        let mut world = World::new();
+        world.commit(CHAT, |c, s| member(c, s, EventKind::ChatCreated, ANN));
+        world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, ANN));
+        world.register(2, BOB);
+        world.subscribe(2, world.snapshot(BOB));
+        let join = world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, BOB));
+        world.register(1, ANN);
+        world.subscribe(1, world.snapshot(ANN));
+        world.remote(&join);
+        world.settle();
+        world.check_last_seqs();
+        world.settle();
+        assert_eq!(world.got(2), [3], "bob's join");
+    }
+
+    #[test]
+    fn a_local_join_the_stream_passed_for_another_subscriber_still_reaches_its_member() {
+        let mut world = World::new();
+        world.commit(CHAT, |c, s| member(c, s, EventKind::ChatCreated, ANN));
+        world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, ANN));
+        world.register(2, BOB);
+        world.subscribe(2, world.snapshot(BOB));
+        let join = world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, BOB));
+        world.register(1, ANN);
+        world.subscribe(1, world.snapshot(ANN));
+        world.local(&join);
+        world.settle();
+        world.check_last_seqs();
+        world.settle();
+        let four = world.commit(CHAT, message);
+        world.local(&four);
+        world.settle();
+        assert_eq!(world.got(2), [3, 4], "bob's join, after the next event");
     }
 
     /// A small deterministic generator (xorshift), so failures replay.

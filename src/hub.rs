@@ -130,6 +130,7 @@ enum Msg {
     Memberships(Result<Vec<(UserId, ChatId)>, ApiError>),
     Live(Live),
     Presence { user_id: UserId, online: bool, chat_ids: Vec<ChatId> },
+    RemotePresence { user_id: UserId, online: bool },
     Register(Registration, Sender<()>),
     Subscribe { conn: ConnId, chats: Vec<(ChatId, i64)> },
     Unregister(ConnId),
@@ -162,6 +163,7 @@ impl Hub {
             next_last_seq_check: now + LAST_SEQ_CHECK,
             checking_last_seqs: false,
             next_session_check: now + SESSION_CHECK,
+            reads_failing: false,
         };
         watch.spawn("hub", move || state.run(messages))?;
         Ok(hub)
@@ -189,6 +191,11 @@ impl Hub {
     /// A user came online or went offline; frames go to users who share one of `chat_ids`.
     pub fn presence(&self, user_id: UserId, online: bool, chat_ids: Vec<ChatId>) {
         self.send(Msg::Presence { user_id, online, chat_ids });
+    }
+
+    /// A user came online or went offline on another process; the hub reads its chats.
+    pub fn remote_presence(&self, user_id: UserId, online: bool) {
+        self.send(Msg::RemotePresence { user_id, online });
     }
 
     /// Registers a connection and waits until the hub has it, so that every
@@ -255,6 +262,8 @@ struct State {
     next_last_seq_check: Instant,
     checking_last_seqs: bool,
     next_session_check: Instant,
+    /// Whether the last read of the database failed, so an outage is logged once.
+    reads_failing: bool,
 }
 
 impl State {
@@ -295,27 +304,14 @@ impl State {
             Msg::Event(event) => self.directory.event(event, now),
             Msg::RemoteEvent { chat_id, seq, added } => self.directory.announce(chat_id, seq, added, now),
             Msg::Fetched { reader, chat_id, events } => {
-                let events = match events {
-                    Ok(events) => Some(events.into_iter().map(Arc::new).collect()),
-                    Err(error) => {
-                        let fields: [Field; 3] = [("thread", &"hub"), ("chat", &chat_id), ("error", &error)];
-                        self.log.warn("cannot read a chat's events; retrying", &fields);
-                        None
-                    }
-                };
-                self.directory.fetched(reader, chat_id, events, now)
+                let events = self.read_outcome("a chat's events", events);
+                self.directory.fetched(reader, chat_id, events.map(|e| e.into_iter().map(Arc::new).collect()), now)
             }
             Msg::LastSeqs(last_seqs) => {
                 self.checking_last_seqs = false;
-                match last_seqs {
-                    Ok(last_seqs) => self.directory.last_seqs(last_seqs, now),
-                    Err(error) => {
-                        self.log.warn(
-                            "cannot read the last seqs of followed chats",
-                            &[("thread", &"hub"), ("error", &error)],
-                        );
-                        Vec::new()
-                    }
+                match self.read_outcome("the last seqs of followed chats", last_seqs) {
+                    Some(last_seqs) => self.directory.last_seqs(last_seqs, now),
+                    None => Vec::new(),
                 }
             }
             Msg::Memberships(memberships) => {
@@ -328,6 +324,19 @@ impl State {
             }
             Msg::Presence { user_id, online, chat_ids } => {
                 self.presence(user_id, online, &chat_ids);
+                Vec::new()
+            }
+            Msg::RemotePresence { user_id, online } => {
+                let hub = self.hub.clone();
+                self.jobs.spawn_then(
+                    move |db| store::list_chat_ids(&mut db.sql()?, user_id),
+                    move |chat_ids| {
+                        // A presence frame is live only: one that cannot be routed is dropped.
+                        if let Ok(chat_ids) = chat_ids {
+                            hub.presence(user_id, online, chat_ids);
+                        }
+                    },
+                );
                 Vec::new()
             }
             Msg::Register(registration, done) => {
@@ -367,6 +376,28 @@ impl State {
         self.carry_out(actions);
     }
 
+    /// The rows a read found, or `None`; a failure is logged once until reads
+    /// work again, which is logged too.
+    fn read_outcome<T>(&mut self, what: &str, outcome: Result<T, ApiError>) -> Option<T> {
+        match outcome {
+            Ok(rows) => {
+                if std::mem::take(&mut self.reads_failing) {
+                    self.log.info("database reads work again", &[("thread", &"hub")]);
+                }
+                Some(rows)
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut self.reads_failing, true) {
+                    self.log.warn(
+                        "cannot read from the database; retrying",
+                        &[("thread", &"hub"), ("read", &what), ("error", &error)],
+                    );
+                }
+                None
+            }
+        }
+    }
+
     /// Does what the directory decided: frames out, reads of the table started.
     fn carry_out(&mut self, actions: Vec<Action>) {
         let mut encoded: Option<(Arc<Event>, Encoded)> = None;
@@ -387,11 +418,10 @@ impl State {
                 }
                 Action::Fetch(reader, chat_id, after) => {
                     let hub = self.hub.clone();
-                    let queued = self.jobs.spawn(move |db| {
-                        let events =
-                            db.sql().and_then(|mut sql| store::list_events(&mut sql, chat_id, after, READ_PAGE));
-                        hub.send(Msg::Fetched { reader, chat_id, events });
-                    });
+                    let queued = self.jobs.spawn_then(
+                        move |db| store::list_events(&mut db.sql()?, chat_id, after, READ_PAGE),
+                        move |events| hub.send(Msg::Fetched { reader, chat_id, events }),
+                    );
                     if !queued {
                         let actions = self.directory.fetched(reader, chat_id, None, Instant::now());
                         self.carry_out(actions);
@@ -412,10 +442,10 @@ impl State {
             return;
         }
         let hub = self.hub.clone();
-        self.checking_last_seqs = self.jobs.spawn(move |db| {
-            let last_seqs = db.sql().and_then(|mut sql| store::list_last_seqs(&mut sql, &followed));
-            hub.send(Msg::LastSeqs(last_seqs));
-        });
+        self.checking_last_seqs = self.jobs.spawn_then(
+            move |db| store::list_last_seqs(&mut db.sql()?, &followed),
+            move |last_seqs| hub.send(Msg::LastSeqs(last_seqs)),
+        );
     }
 
     /// Asks the database which sessions of open connections still live, on a
@@ -426,14 +456,16 @@ impl State {
             return;
         }
         let (hub, log) = (self.hub.clone(), self.log);
-        self.jobs.spawn(move |db| {
-            match db.sql().and_then(|mut sql| store::find_live_sessions(&mut sql, &session_ids)) {
+        let asked = session_ids.clone();
+        self.jobs.spawn_then(
+            move |db| store::find_live_sessions(&mut db.sql()?, &asked),
+            move |live| match live {
                 Ok(live) => hub.sessions_ended(session_ids.into_iter().filter(|id| !live.contains(id)).collect()),
                 Err(error) => {
                     log.warn("cannot check the sessions of open WebSockets", &[("thread", &"hub"), ("error", &error)])
                 }
-            }
-        });
+            },
+        );
     }
 
     /// Reads the chats of every connected user, on a job thread; the answer
@@ -445,10 +477,10 @@ impl State {
             return;
         }
         let hub = self.hub.clone();
-        self.jobs.spawn(move |db| {
-            let memberships = db.sql().and_then(|mut sql| store::list_memberships(&mut sql, &users));
-            hub.send(Msg::Memberships(memberships));
-        });
+        self.jobs.spawn_then(
+            move |db| store::list_memberships(&mut db.sql()?, &users),
+            move |memberships| hub.send(Msg::Memberships(memberships)),
+        );
     }
 
     /// A connection whose user is a member of a chat it does not follow
@@ -546,7 +578,7 @@ impl State {
         if let Some(conn) = self.conns.get(&conn_id).filter(|conn| conn.shared.close_code().is_none()) {
             let fields: [Field; 4] =
                 [("thread", &"hub"), ("conn", &conn_id), ("user", &conn.user_id), ("code", &CLOSE_LAGGING)];
-            self.log.warn("WebSocket queue full; closing", &fields);
+            self.log.warn("WebSocket queue full or its writer gone; closing", &fields);
         }
         self.close(conn_id, CLOSE_LAGGING);
     }

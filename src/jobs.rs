@@ -51,16 +51,30 @@ impl Jobs {
         self.queue.try_send(Box::new(job)).is_ok()
     }
 
+    /// Queues `work`; its result, or the panic it raised as an internal
+    /// error, goes to `then` on the job thread, so whoever waits for an
+    /// answer always gets one. `false` if the queue is full.
+    pub fn spawn_then<T>(
+        &self,
+        work: impl FnOnce(&mut Db) -> Result<T, ApiError> + Send + 'static,
+        then: impl FnOnce(Result<T, ApiError>) + Send + 'static,
+    ) -> bool {
+        self.spawn(move |db| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| work(db))).unwrap_or_else(|panic| {
+                db.disconnect();
+                Err(ApiError::Internal(format!("a database job panicked: {}", panic_message(panic.as_ref()))))
+            });
+            then(outcome);
+        })
+    }
+
     /// Runs `work` on a job thread and waits for its answer.
     pub fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Db) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let (answer, answered) = bounded(1);
-        let job = move |db: &mut Db| {
-            let _ = answer.send(work(db));
-        };
-        if !self.spawn(job) {
+        if !self.spawn_then(work, move |outcome| drop(answer.send(outcome))) {
             return Err(ApiError::unavailable("the database job queue is full"));
         }
         answered

@@ -1,12 +1,12 @@
 //! A small messaging server: REST over tiny_http, WebSocket over tungstenite,
 //! PostgreSQL as the only source of truth, threads instead of async.
 //!
-//! Modules in reading order, from the bottom layer up: plain data, the
-//! database and the SQL, the pieces a request is made of, the real-time
+//! Modules in reading order, roughly from the bottom layer up: plain data,
+//! the database and the SQL, the pieces a request is made of, the real-time
 //! threads, what the process shares, the handlers by resource, and the
-//! server that starts it all. A module imports only from layers above it in
-//! this list (`tests::modules_import_only_from_lower_layers` checks it);
-//! ARCHITECTURE.md has the map and the invariants.
+//! server that starts it all. A module imports only from lower layers, as
+//! `LAYERS` below lists them (`tests::modules_import_only_from_lower_layers`
+//! checks it); ARCHITECTURE.md has the map and the invariants.
 
 pub mod model;
 pub mod log;

@@ -97,9 +97,7 @@ fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> Result<(), ApiError> {
                 Signal::Event { chat_id, seq, added } => hub.remote_event(chat_id, seq, added),
                 Signal::Typing { chat_id, user_id } => hub.live(Live::Typing { chat_id, user_id }),
                 Signal::Read { chat_id, user_id, seq } => hub.live(Live::Read { chat_id, user_id, seq }),
-                Signal::Presence { user_id, online } => {
-                    hub.presence(user_id, online, store::list_chat_ids(&mut sql, user_id)?)
-                }
+                Signal::Presence { user_id, online } => hub.remote_presence(user_id, online),
                 Signal::SessionEnded { session_id } => hub.sessions_ended(vec![session_id]),
                 Signal::Resync => hub.resync(),
             }

@@ -152,8 +152,9 @@ impl Notifier {
 }
 
 fn send_batches(mut db: Db, process_id: i64, signals: &Receiver<Signal>, overflowed: &AtomicBool, log: Log) {
-    let mut lost = false;
+    let mut lost_batches: usize = 0;
     loop {
+        let lost = lost_batches > 0;
         // After a loss, the resync goes out within a second even if nothing else does.
         let first = match lost {
             false => signals.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -182,32 +183,30 @@ fn send_batches(mut db: Db, process_id: i64, signals: &Receiver<Signal>, overflo
         }
         // A batch that still fails after the retries is lost; the next batch
         // that gets through tells every other process to resync, which closes
-        // their sockets with 4008 so clients catch up from the log.
+        // their sockets with 4008 so clients catch up from the log. An outage
+        // is logged when it starts and when it ends, not once per batch.
         let mut failure = None;
-        for (attempt, pause) in RETRY_PAUSES.iter().enumerate() {
+        for pause in RETRY_PAUSES {
             match db.sql().and_then(|mut sql| store::notify(&mut sql, &payload)) {
                 Ok(()) => {
                     failure = None;
                     break;
                 }
-                Err(error) => {
-                    log.warn(
-                        "NOTIFY failed",
-                        &[("thread", &"notifier"), ("attempt", &(attempt + 1)), ("error", &error)],
-                    );
-                    failure = Some(error);
-                }
+                Err(error) => failure = Some(error),
             }
             db.disconnect();
-            std::thread::sleep(*pause);
+            std::thread::sleep(pause);
         }
-        if lost && failure.is_none() {
-            log.info("NOTIFY works again; other processes were told to resync", &[("thread", &"notifier")]);
+        match (&failure, lost_batches) {
+            (Some(error), 0) => log
+                .error("NOTIFY failed; batches are lost until it works", &[("thread", &"notifier"), ("error", error)]),
+            (None, n) if n > 0 => log.info(
+                "NOTIFY works again; other processes were told to resync",
+                &[("thread", &"notifier"), ("lost_batches", &n)],
+            ),
+            _ => {}
         }
-        if let Some(error) = &failure {
-            log.error("NOTIFY batch lost after retries", &[("thread", &"notifier"), ("error", error)]);
-        }
-        lost = failure.is_some();
+        lost_batches = if failure.is_some() { lost_batches + 1 } else { 0 };
     }
 }
 

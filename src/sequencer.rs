@@ -30,17 +30,26 @@ pub struct Sequencer {
     held: BTreeMap<i64, Arc<Event>>,
     /// The highest seq known to exist.
     known: i64,
-    /// Since when a gap (a known seq not yet handed on and `next` missing) has been open.
-    gap_since: Option<Instant>,
+    /// The highest seq another process announced: its event never arrives by
+    /// itself, so a gap below it is read at once rather than after `HOLD`.
+    announced: i64,
+    /// When the open gap is to be read.
+    read_at: Option<Instant>,
     fetching: bool,
-    /// No read before this, after one failed or found nothing.
-    retry_at: Option<Instant>,
 }
 
 impl Sequencer {
     /// A stream that hands on events from `next` on.
     pub fn new(next: i64) -> Sequencer {
-        Sequencer { next, held: BTreeMap::new(), known: next - 1, gap_since: None, fetching: false, retry_at: None }
+        Sequencer { next, held: BTreeMap::new(), known: next - 1, announced: 0, read_at: None, fetching: false }
+    }
+
+    /// A stream from `next` that must read up to `last` from the table first:
+    /// a connection behind the chat's stream.
+    pub fn behind(next: i64, last: i64, now: Instant) -> Sequencer {
+        let mut stream = Sequencer::new(next);
+        stream.announce(last, now);
+        stream
     }
 
     /// The next seq to hand on: every seq before it has been.
@@ -57,56 +66,52 @@ impl Sequencer {
         self.drain(now)
     }
 
-    /// `seq` exists, though its event has not arrived (another process
-    /// committed it, or the table says the chat has reached it).
+    /// Another process committed `seq`: only a read brings its event.
     pub fn announce(&mut self, seq: i64, now: Instant) {
+        self.announced = self.announced.max(seq);
+        self.expect(seq, now);
+    }
+
+    /// `seq` exists (a snapshot or the table says so), and its event may
+    /// still be on its way here: a gap is read after `HOLD`.
+    pub fn expect(&mut self, seq: i64, now: Instant) {
         self.known = self.known.max(seq);
-        self.note_gap(now);
+        self.schedule(now, false);
     }
 
     /// A read of the table answered with the events after the seq it asked
-    /// for, ascending; returns the events now in order.
-    pub fn fetched(&mut self, events: Vec<Arc<Event>>, now: Instant) -> Vec<Arc<Event>> {
+    /// for, ascending, or failed (`None`); returns the events now in order.
+    pub fn fetched(&mut self, events: Option<Vec<Arc<Event>>>, now: Instant) -> Vec<Arc<Event>> {
         self.fetching = false;
         let before = self.next;
-        for event in events {
+        for event in events.iter().flatten() {
             self.known = self.known.max(event.seq);
             if event.seq >= self.next {
-                self.held.insert(event.seq, event);
+                self.held.insert(event.seq, event.clone());
             }
         }
         let ready = self.drain(now);
-        if self.next == before && self.gap_since.is_some() {
-            self.retry_at = Some(now + RETRY);
+        if self.gap() {
+            // More pages are read at once; a read that failed or found nothing waits.
+            self.read_at = Some(if self.next > before { now } else { now + RETRY });
         }
         ready
     }
 
-    /// A read of the table failed: try again later.
-    pub fn fetch_failed(&mut self, now: Instant) {
-        self.fetching = false;
-        self.retry_at = Some(now + RETRY);
-    }
-
-    /// When a gap has waited `HOLD`, marks a read in flight and returns the
-    /// seq to read after.
+    /// When the gap's read is due, marks it in flight and returns the seq to
+    /// read after.
     pub fn due_fetch(&mut self, now: Instant) -> Option<i64> {
-        let due = self.deadline().is_some_and(|at| at <= now);
-        if !due {
+        if self.deadline().is_none_or(|at| at > now) {
             return None;
         }
         self.fetching = true;
-        self.retry_at = None;
+        self.read_at = None;
         Some(self.next - 1)
     }
 
     /// When `due_fetch` will next have something to do.
     pub fn deadline(&self) -> Option<Instant> {
-        if self.fetching {
-            return None;
-        }
-        let since = self.gap_since?;
-        Some(self.retry_at.map_or(since + HOLD, |retry| retry.max(since + HOLD)))
+        self.read_at.filter(|_| !self.fetching)
     }
 
     /// Nothing held, nothing known beyond what was handed on, no read in flight.
@@ -115,33 +120,45 @@ impl Sequencer {
     }
 
     fn drain(&mut self, now: Instant) -> Vec<Arc<Event>> {
+        let before = self.next;
         let mut ready = Vec::new();
         while let Some(event) = self.held.remove(&self.next) {
             self.next += 1;
             ready.push(event);
         }
-        self.note_gap(now);
+        self.schedule(now, self.next > before);
         ready
     }
 
-    fn note_gap(&mut self, now: Instant) {
-        if self.known < self.next {
-            self.gap_since = None;
-            self.retry_at = None;
-        } else if self.gap_since.is_none() {
-            self.gap_since = Some(now);
+    /// A seq known to exist has not been handed on.
+    fn gap(&self) -> bool {
+        self.known >= self.next
+    }
+
+    /// Sets when the gap, if any, is read: at once when the missing seq was
+    /// announced by another process, else after `HOLD`, counted afresh when
+    /// the stream moved on.
+    fn schedule(&mut self, now: Instant, moved: bool) {
+        if !self.gap() {
+            self.read_at = None;
+            return;
         }
+        let at = if self.announced >= self.next { now } else { now + HOLD };
+        self.read_at = match self.read_at {
+            Some(old) if !moved => Some(old.min(at)),
+            _ => Some(at),
+        };
     }
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
     use crate::model::{ChatId, ChatInfo, EventKind, Payload, UserId};
     use time::OffsetDateTime;
 
-    /// A `chat.updated` event of chat 1 with this seq: the payload does not matter here.
-    pub fn event(chat: i64, seq: i64) -> Arc<Event> {
+    /// A `chat.updated` event with this seq: the payload does not matter here.
+    fn event(chat: i64, seq: i64) -> Arc<Event> {
         Arc::new(Event {
             chat_id: ChatId(chat),
             seq,
@@ -185,9 +202,20 @@ pub mod tests {
         assert_eq!(stream.due_fetch(start + HOLD / 2), None, "not before the hold time");
         assert_eq!(stream.due_fetch(start + HOLD), Some(0), "read after seq 0");
         assert_eq!(stream.deadline(), None, "one read at a time");
-        let ready = stream.fetched(vec![event(1, 1), event(1, 2)], start + HOLD * 2);
+        let ready = stream.fetched(Some(vec![event(1, 1), event(1, 2)]), start + HOLD * 2);
         assert_eq!(seqs(&ready), [1, 2]);
         assert!(stream.idle());
+    }
+
+    #[test]
+    fn the_hold_time_starts_again_when_the_stream_moves_on() {
+        let start = Instant::now();
+        let mut stream = Sequencer::new(1);
+        stream.receive(event(1, 2), start);
+        stream.receive(event(1, 4), start);
+        let later = start + HOLD / 2;
+        assert_eq!(seqs(&stream.receive(event(1, 1), later)), [1, 2]);
+        assert_eq!(stream.deadline(), Some(later + HOLD), "3 gets its own hold time");
     }
 
     #[test]
@@ -198,16 +226,26 @@ pub mod tests {
         assert!(stream.receive(event(1, 1), now).is_empty());
         stream.receive(event(1, 3), now);
         assert!(stream.receive(event(1, 3), now).is_empty());
-        assert_eq!(seqs(&stream.fetched(vec![event(1, 1), event(1, 2), event(1, 3)], now)), [2, 3]);
+        assert_eq!(seqs(&stream.fetched(Some(vec![event(1, 1), event(1, 2), event(1, 3)]), now)), [2, 3]);
     }
 
     #[test]
-    fn an_announced_seq_never_seen_is_read_from_the_table() {
+    fn a_seq_announced_by_another_process_is_read_at_once() {
         let now = Instant::now();
         let mut stream = Sequencer::new(5);
         stream.announce(6, now);
-        assert_eq!(stream.due_fetch(now + HOLD), Some(4));
-        assert_eq!(seqs(&stream.fetched(vec![event(1, 5), event(1, 6)], now + HOLD)), [5, 6]);
+        assert_eq!(stream.due_fetch(now), Some(4), "its event never comes by itself");
+        assert_eq!(seqs(&stream.fetched(Some(vec![event(1, 5), event(1, 6)]), now)), [5, 6]);
+        assert!(stream.idle());
+    }
+
+    #[test]
+    fn a_seq_expected_from_a_snapshot_or_the_table_waits_the_hold_time() {
+        let now = Instant::now();
+        let mut stream = Sequencer::new(5);
+        stream.expect(5, now);
+        assert_eq!(stream.due_fetch(now), None, "its event may still be on its way");
+        assert_eq!(seqs(&stream.receive(event(1, 5), now + HOLD / 2)), [5]);
         assert!(stream.idle());
     }
 
@@ -226,12 +264,12 @@ pub mod tests {
         let start = Instant::now();
         let mut stream = Sequencer::new(1);
         stream.announce(1, start);
-        assert_eq!(stream.due_fetch(start + HOLD), Some(0));
-        stream.fetch_failed(start + HOLD);
-        assert_eq!(stream.deadline(), Some(start + HOLD + RETRY));
-        assert_eq!(stream.due_fetch(start + HOLD + RETRY), Some(0));
-        assert!(stream.fetched(Vec::new(), start + HOLD + RETRY).is_empty());
-        assert_eq!(stream.deadline(), Some(start + HOLD + RETRY * 2), "nothing new: wait before the next read");
+        assert_eq!(stream.due_fetch(start), Some(0));
+        stream.fetched(None, start);
+        assert_eq!(stream.deadline(), Some(start + RETRY));
+        assert_eq!(stream.due_fetch(start + RETRY), Some(0));
+        assert!(stream.fetched(Some(Vec::new()), start + RETRY).is_empty());
+        assert_eq!(stream.deadline(), Some(start + RETRY * 2), "nothing new: wait before the next read");
     }
 
     #[test]
@@ -239,9 +277,19 @@ pub mod tests {
         let start = Instant::now();
         let mut stream = Sequencer::new(1);
         stream.announce(3, start);
-        assert_eq!(stream.due_fetch(start + HOLD), Some(0));
-        assert_eq!(seqs(&stream.fetched(vec![event(1, 1)], start + HOLD)), [1], "a page of one");
-        assert_eq!(stream.due_fetch(start + HOLD), Some(1), "the next page at once");
+        assert_eq!(stream.due_fetch(start), Some(0));
+        assert_eq!(seqs(&stream.fetched(Some(vec![event(1, 1)]), start)), [1], "a page of one");
+        assert_eq!(stream.due_fetch(start), Some(1), "the next page at once");
+    }
+
+    #[test]
+    fn a_connection_behind_reads_up_to_where_the_stream_is() {
+        let now = Instant::now();
+        let mut own = Sequencer::behind(3, 5, now);
+        assert_eq!(own.due_fetch(now), Some(2));
+        assert_eq!(seqs(&own.receive(event(1, 6), now)), Vec::<i64>::new(), "the stream's next event waits");
+        assert_eq!(seqs(&own.fetched(Some(vec![event(1, 3), event(1, 4), event(1, 5)]), now)), [3, 4, 5, 6]);
+        assert!(own.idle());
     }
 
     #[test]

@@ -61,11 +61,12 @@ impl Running {
 
     /// Blocks while the server runs; it does not stop on its own, so this
     /// returns only when a watched thread died, saying which.
-    pub fn wait(self) -> Result<(), String> {
-        match self.deaths.recv() {
-            Ok(thread) => Err(format!("the {thread} thread died; stopping so that a supervisor restarts the server")),
-            Err(_) => Ok(()),
-        }
+    pub fn wait(mut self) -> Result<(), String> {
+        let thread = self.deaths.recv().map_err(|_| "the watch of threads ended".to_string())?;
+        // A worker held by a client that never finishes its request must not
+        // keep a broken process alive: the workers are left, not joined.
+        self.workers.clear();
+        Err(format!("the {thread} thread died; stopping so that a supervisor restarts the server"))
     }
 
     /// Stops the server and waits for the HTTP workers.
@@ -139,7 +140,8 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
                 match http.recv_timeout(RECV_TICK) {
                     Ok(Some(request)) => handle(&app, &mut db, request),
                     Ok(None) => {}
-                    Err(error) => app.log.error("HTTP accept failed", &[("error", &error)]),
+                    // tiny_http's accept thread has ended: no request will come again.
+                    Err(error) => return app.log.error("HTTP accept failed", &[("error", &error)]),
                 }
             }
         })?;

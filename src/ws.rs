@@ -230,12 +230,20 @@ fn open(
         // The session was read before the hub knew this connection: a logout
         // in between closed nothing here, so it is read again now. A logout
         // after this read finds the connection registered and closes it.
-        store::find_session_by_id(&mut db.sql()?, session_id)?.ok_or(ApiError::Unauthorized)?;
+        if store::find_session_by_id(&mut db.sql()?, session_id)?.is_none() {
+            return Ok(None);
+        }
         let first = presence.connected(db, conn, user_id)?;
-        Ok((first, store::list_chat_seqs(&mut db.sql()?, user_id)?))
+        Ok(Some((first, store::list_chat_seqs(&mut db.sql()?, user_id)?)))
     });
     match snapshot {
-        Ok((first, chats)) => Ok(Opened { session, protocol, chats, first }),
+        Ok(Some((first, chats))) => Ok(Opened { session, protocol, chats, first }),
+        // Its session ended while it was opening: like every socket of an
+        // ended session, it is closed with 4001, right after the upgrade.
+        Ok(None) => {
+            shared.close(hub::CLOSE_LOGGED_OUT);
+            Ok(Opened { session, protocol, chats: Vec::new(), first: false })
+        }
         Err(error) => {
             app.hub.unregister(conn);
             // The row may still be written by a job that ran late; the heartbeat deletes it.
