@@ -44,7 +44,7 @@ const ANTI_ENTROPY: Duration = Duration::from_secs(5);
 const LOGOUT_CLOSE: Duration = Duration::from_secs(3);
 
 /// How long a step of a lock choreography may take to show up.
-const SETTLE: Duration = Duration::from_secs(3);
+const SETTLE: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // What a connection received, and whether the contract allows it.
@@ -278,32 +278,30 @@ fn lock_waiters(db: &mut postgres::Client) -> Vec<String> {
         .collect()
 }
 
-/// Waits for a step of a choreography to show; `false`, with a note on
-/// stderr, when it does not within `SETTLE` (the test then goes on without
-/// forcing its race).
-fn settle(what: &str, mut reached: impl FnMut() -> bool) -> bool {
+/// Waits for a step of a choreography to show, and fails the test when it
+/// does not within `SETTLE`: a race that was not forced proves nothing.
+fn settle(what: &str, mut reached: impl FnMut() -> bool) {
     let deadline = Instant::now() + SETTLE;
     while !reached() {
-        if Instant::now() >= deadline {
-            eprintln!("note: {what} did not happen within {SETTLE:?}; going on without forcing this race");
-            return false;
-        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {SETTLE:?}: the race was not forced");
         thread::sleep(Duration::from_millis(2));
     }
-    true
 }
 
 /// Waits until at least `n` statements of this database wait for a lock.
-fn settle_waiters(db: &mut postgres::Client, n: usize, what: &str) -> bool {
-    let mut waiting = Vec::new();
-    let settled = settle(&format!("{what} ({n} statements waiting for a lock)"), || {
-        waiting = lock_waiters(db);
-        waiting.len() >= n
-    });
-    if !settled {
-        eprintln!("note: the statements waiting for a lock were: {waiting:?}");
+fn settle_waiters(db: &mut postgres::Client, n: usize, what: &str) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let waiting = lock_waiters(db);
+        if waiting.len() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} statements should wait for a lock within {SETTLE:?}, but these did: {waiting:?}"
+        );
+        thread::sleep(Duration::from_millis(2));
     }
-    settled
 }
 
 /// A random whole number below `bound`.
@@ -399,9 +397,9 @@ fn remove_member(app: &TestApp, owner: &TestUser, chat_id: i64, user: &TestUser)
     resp.assert_status(204, &format!("{} removes {} from chat {chat_id}", owner.username, user.username));
 }
 
-/// Waits, without failing, until the hub has `ws`'s subscription: it
+/// Waits until the hub has `ws`'s subscription: it
 /// answers a typing frame for a chat the user is not in only after that.
-fn settle_subscribed(ws: &mut WsClient, what: &str) -> bool {
+fn settle_subscribed(ws: &mut WsClient, what: &str) {
     ws.send_json(&json!({ "type": "typing", "chat_id": NO_SUCH_CHAT }));
     settle(&format!("the hub to answer {what}'s typing probe"), || match ws.next(Duration::from_millis(50)) {
         Incoming::Text(text) => serde_json::from_str::<Value>(&text).is_ok_and(|frame| frame["type"] == "error"),
