@@ -63,7 +63,7 @@ fn run() -> BenchResult<()> {
     let load_before = load_average();
 
     let cluster = Cluster::start(&repo)?;
-    migrate(&repo, &binary, &cluster.url)?;
+    migrate(&binary, &cluster.url)?;
     let server = Server::start(&repo, &binary, &cluster.url)?;
     eprintln!("server {} running: HTTP {}, WebSocket {}", binary.display(), server.http, server.ws);
     let after_start = proc_status(server.pid())?;
@@ -79,16 +79,22 @@ fn run() -> BenchResult<()> {
     thread::sleep(SETTLE);
     let baseline = proc_status(server.pid())?;
     let idle = measure_idle(&server, &idle_users, baseline)?;
-    let fanout = measure_fanout(&server, &members, chat_id)?;
+    let fanout = measure_fanout(&[server.ws], server.http, &members, chat_id, "one")?;
+    // The same group with every other member on a second process: events cross by NOTIFY.
+    let second = Server::start(&repo, &binary, &cluster.url)?;
+    let split = measure_fanout(&[server.ws, second.ws], server.http, &members, chat_id, "two")?;
+    drop(second);
 
     let load = format!("{} before, {} after", load_before, load_average());
-    let report = Report { after_start, baseline, idle, fanout, load };
+    let report = Report { after_start, baseline, idle, fanout, split, load };
     println!("{}", report.table());
     let markdown = report.markdown(&repo, &cluster.dir);
     std::fs::write(repo.join("BENCHMARKS.md"), markdown).map_err(|e| format!("cannot write BENCHMARKS.md: {e}"))?;
     println!("wrote {}", repo.join("BENCHMARKS.md").display());
-    if report.fanout.missing > 0 {
-        return Err(format!("{} of {} deliveries never arrived", report.fanout.missing, MEMBERS * MESSAGES));
+    for fanout in [&report.fanout, &report.split] {
+        if fanout.missing > 0 {
+            return Err(format!("{} of {} deliveries never arrived", fanout.missing, MEMBERS * MESSAGES));
+        }
     }
     Ok(())
 }
@@ -151,11 +157,10 @@ impl Drop for Cluster {
     }
 }
 
-fn migrate(repo: &Path, binary: &Path, url: &str) -> BenchResult<()> {
+fn migrate(binary: &Path, url: &str) -> BenchResult<()> {
     let output = Command::new(binary)
         .args(["migrate", "up"])
         .env("DATABASE_URL", url)
-        .env("MIGRATIONS_DIR", repo.join("sql"))
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
     if !output.status.success() {
@@ -183,7 +188,6 @@ impl Server {
         }
         command
             .env("DATABASE_URL", url)
-            .env("MIGRATIONS_DIR", repo.join("sql"))
             .env("HTTP_ADDR", http.to_string())
             .env("WS_ADDR", ws.to_string())
             .env("WORKERS", WORKERS)
@@ -482,11 +486,19 @@ struct Fanout {
 
 /// Connects every member, then has the first one send `MESSAGES` messages over REST while every reader
 /// timestamps the `message.created` frames.
-fn measure_fanout(server: &Server, members: &[User], chat_id: i64) -> BenchResult<Fanout> {
+/// Member `i` listens on `ws[i % ws.len()]`; member 0 sends through `http`.
+/// `run` tags the messages' client ids, so that runs do not retry each other's.
+fn measure_fanout(
+    ws: &[SocketAddr],
+    http: SocketAddr,
+    members: &[User],
+    chat_id: i64,
+    run: &str,
+) -> BenchResult<Fanout> {
     let mut sockets = Vec::with_capacity(MEMBERS);
     for (member_idx, member) in members.iter().enumerate() {
         let (socket, _, _) =
-            connect_ready(server.ws, &member.token).map_err(|e| format!("member {member_idx}: {e}"))?;
+            connect_ready(ws[member_idx % ws.len()], &member.token).map_err(|e| format!("member {member_idx}: {e}"))?;
         sockets.push(socket);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -500,7 +512,7 @@ fn measure_fanout(server: &Server, members: &[User], chat_id: i64) -> BenchResul
     // The members' presence frames go out while they connect; let them pass before the clock starts.
     thread::sleep(Duration::from_millis(500));
 
-    let sent = send_messages(server.http, &members[0].token, chat_id);
+    let sent = send_messages(http, &members[0].token, chat_id, run);
     let grace_ends = Instant::now() + DELIVERY_GRACE;
     while Instant::now() < grace_ends && !readers.iter().all(JoinHandle::is_finished) {
         thread::sleep(Duration::from_millis(10));
@@ -539,11 +551,12 @@ fn measure_fanout(server: &Server, members: &[User], chat_id: i64) -> BenchResul
 }
 
 /// Sends the messages one at a time; for each, the time just before the request and when its response arrived.
-fn send_messages(http: SocketAddr, token: &str, chat_id: i64) -> BenchResult<Vec<(Instant, Instant)>> {
+fn send_messages(http: SocketAddr, token: &str, chat_id: i64, run: &str) -> BenchResult<Vec<(Instant, Instant)>> {
     let path = format!("/api/chats/{chat_id}/messages");
     let mut sent = Vec::with_capacity(MESSAGES);
     for index in 0..MESSAGES {
-        let body = json!({ "content": format!("fan-out message {index}"), "client_id": format!("bench-{index}") });
+        let body =
+            json!({ "content": format!("fan-out message {index}"), "client_id": format!("bench-{run}-{index}") });
         let before = Instant::now();
         let resp = request(http, "POST", &path, Some(token), Some(&body))?;
         let answered = Instant::now();
@@ -640,6 +653,8 @@ struct Report {
     baseline: ProcStatus,
     idle: Idle,
     fanout: Fanout,
+    /// The same, with every other member connected to a second process.
+    split: Fanout,
 }
 
 impl Report {
@@ -657,18 +672,21 @@ impl Report {
             SEND_GAP.as_millis()
         ));
         out.push_str(&format!("  {:<34}{:>9}{:>9}{:>9}\n", "latency (ms)", "median", "p99", "max"));
-        out.push_str(&row("frame - just before the POST", &fanout.from_send));
-        out.push_str(&row("frame - POST response arrived", &fanout.from_response));
-        out.push_str(&row("POST round trip (per message)", &fanout.round_trip));
-        out.push_str(&format!(
-            "  delivered {}, missing {}, duplicates {}, connections ended early {}\n",
-            fanout.from_send.count,
-            fanout.missing,
-            fanout.duplicates,
-            fanout.ended.len()
-        ));
-        for ended in &fanout.ended {
-            out.push_str(&format!("    {ended}\n"));
+        for (name, fanout) in [("one process", fanout), ("members split over two processes", &self.split)] {
+            out.push_str(&format!("  {name}\n"));
+            out.push_str(&row("frame - just before the POST", &fanout.from_send));
+            out.push_str(&row("frame - POST response arrived", &fanout.from_response));
+            out.push_str(&row("POST round trip (per message)", &fanout.round_trip));
+            out.push_str(&format!(
+                "  delivered {}, missing {}, duplicates {}, connections ended early {}\n",
+                fanout.from_send.count,
+                fanout.missing,
+                fanout.duplicates,
+                fanout.ended.len()
+            ));
+            for ended in &fanout.ended {
+                out.push_str(&format!("    {ended}\n"));
+            }
         }
         out.push_str(&format!("\nmemory (server VmRSS), {IDLE_CONNECTIONS} idle WebSockets\n"));
         out.push_str(&format!("  {:<34}{:>9}{:>9}\n", "", "MiB", "threads"));
@@ -773,6 +791,19 @@ impl Report {
             fanout.ended.len()
         ));
         md.push_str("A negative figure in the second row means the frame arrived before the HTTP response.\n");
+        md.push_str("\nThe same group, with every other member's WebSocket on a second server process on the same database: the odd members' frames cross between processes by NOTIFY, and that process reads the event from the table.\n\n");
+        md.push_str("| milliseconds | median | p99 | max |\n|---|---|---|---|\n");
+        md.push_str(&latency("frame arrival − just before the POST", &self.split.from_send));
+        md.push_str(&latency("frame arrival − the POST's response arrival", &self.split.from_response));
+        md.push_str(&latency("POST round trip, per message", &self.split.round_trip));
+        md.push_str(&format!(
+            "\nDelivered {} of {}: missing {}, duplicates {}, connections ended early {}.\n",
+            self.split.from_send.count,
+            MEMBERS * MESSAGES,
+            self.split.missing,
+            self.split.duplicates,
+            self.split.ended.len()
+        ));
         md.push_str("The 100 reader threads share the machine's CPUs with the server and PostgreSQL, so part of the spread is client scheduling.\n\n");
         md.push_str(&format!("## Memory with {IDLE_CONNECTIONS} idle connections\n\n"));
         md.push_str(&format!(
