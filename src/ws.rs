@@ -52,8 +52,9 @@ const TYPING_EVERY: Duration = Duration::from_millis(300);
 const CLOSE_QUIETLY: u16 = 1;
 
 /// Starts the watched thread that accepts WebSocket connections.
-pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<(), String> {
+pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<Sockets, String> {
     let endpoint = Arc::new(Endpoint { app, next_conn: AtomicU64::new(1), open: AtomicUsize::new(0) });
+    let sockets = Sockets(endpoint.clone());
     watch
         .spawn("ws-accept", move || {
             let log = endpoint.app.log;
@@ -84,7 +85,17 @@ pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<(),
                 }
             }
         })
-        .map(drop)
+        .map(|_| sockets)
+}
+
+/// What stopping needs to know of the endpoint: whether connections are still open.
+pub struct Sockets(Arc<Endpoint>);
+
+impl Sockets {
+    /// Connections not yet fully closed, handshakes included.
+    pub fn open(&self) -> usize {
+        self.0.open.load(Ordering::SeqCst)
+    }
 }
 
 /// What the accept thread shares with the connections it starts.
@@ -282,6 +293,9 @@ fn close(app: &Arc<App>, conn: hub::ConnId, user_id: UserId, queue: &Queue, shar
 
 /// Checks the path, origin and credential inside the handshake.
 fn authorize(app: &Arc<App>, request: &Request) -> Result<Authorized, ApiError> {
+    if app.stop.is_set() {
+        return Err(ApiError::unavailable("the server is stopping"));
+    }
     if request.uri().path() != "/ws" {
         return Err(ApiError::NotFound);
     }

@@ -10,12 +10,13 @@ use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::migrate::{empty_database, sql_dir, stems, SqlCopy};
 use crate::support::pg::connect;
+use crate::support::ws::connect_bearer;
 use crate::support::{fresh_database, random_hex, request, wait_for, TempDir};
 
 /// Every variable the binary reads; all are removed unless a test sets them.
@@ -89,6 +90,16 @@ impl Running {
         let what = format!("{} to exit", self.what);
         let status = wait_for(&what, timeout, || self.exited());
         Output { status, stdout: self.stdout(), stderr: self.stderr() }
+    }
+
+    /// Sends the child `signal` (`TERM`, `INT`, …) with kill(1).
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("{}: kill -{signal}: {e}", self.what));
+        assert!(status.success(), "{}: kill -{signal} failed ({status})", self.what);
     }
 
     /// The exit status, if the child has exited.
@@ -424,4 +435,83 @@ fn migrations_dir_names_a_directory_read_instead_of_the_built_in_migrations() {
         "the built-in migrations lack {extra}, so status says its file is missing:\n{}",
         built_in.describe()
     );
+}
+
+/// How long a stop asked for by a signal may take, from the signal to the exit.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Sends `signal` to a server holding a WebSocket and a request that waits on
+/// a row lock; the socket must get 1001, the request its answer, and the
+/// process must exit 0, all within `STOP_DEADLINE` of the signal.
+fn a_signal_stops_the_server_gracefully(signal: &str) {
+    let db_url = fresh_database();
+    let (server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url);
+    let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization));
+        }
+        request(http_addr, "POST", path, &headers, body.to_string().as_bytes())
+    };
+    let password = "correct horse battery";
+    post("/api/users", None, json!({ "username": "alice", "email": "a@example.com", "password": password }))
+        .assert_status(201, "signup");
+    let login = post("/api/sessions", None, json!({ "login": "alice", "password": password }));
+    let token = login.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string();
+    let chat = post("/api/chats", Some(&token), json!({ "is_group": true, "title": "t", "member_ids": [] }));
+    let chat_id = chat.assert_status(201, "create a chat").json()["id"].as_i64().expect("a chat id");
+    let mut ws = connect_bearer(ws_addr, &token).named("alice");
+    ws.recv_until(Duration::from_secs(5), "ready", |frame| frame["type"] == "ready");
+    // A send waits for the chat's row lock, which this transaction holds.
+    let mut holder = connect(&db_url);
+    let mut lock = holder.transaction().expect("begin");
+    lock.execute("SELECT id FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id]).expect("lock the chat row");
+    let in_flight = std::thread::spawn({
+        let token = token.clone();
+        move || {
+            let body = json!({ "content": "sent before the signal" }).to_string();
+            let authorization = format!("Bearer {token}");
+            let headers = [("Content-Type", "application/json"), ("Authorization", authorization.as_str())];
+            request(http_addr, "POST", &format!("/api/chats/{chat_id}/messages"), &headers, body.as_bytes())
+        }
+    });
+    let mut watcher = connect(&db_url);
+    wait_for("the send to wait for the row lock", Duration::from_secs(5), || {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'messaging' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .expect("read pg_stat_activity")
+            .get(0);
+        (waiting > 0).then_some(())
+    });
+
+    let signalled = Instant::now();
+    server.signal(signal);
+
+    let closed = ws.expect_close(STOP_DEADLINE, &format!("the server stopping on SIG{signal}"));
+    assert_eq!(closed.code, Some(1001), "SIG{signal}: the WebSocket is closed with 1001 (going away)");
+    lock.commit().expect("release the row lock");
+    let sent = in_flight.join().expect("the in-flight request's thread");
+    sent.assert_status(201, &format!("the send in flight when SIG{signal} arrived"));
+    let output = server.finish(STOP_DEADLINE.saturating_sub(signalled.elapsed()));
+    assert!(output.status.success(), "SIG{signal}: exit status 0:\n{}", output.describe());
+    assert!(signalled.elapsed() <= STOP_DEADLINE, "SIG{signal}: stopped in {:?}", signalled.elapsed());
+    let said = |msg: &str| {
+        output.stderr.lines().any(|line| line.contains(&format!("msg={msg} ")) || line.ends_with(&format!("msg={msg}")))
+    };
+    assert!(said("stopping") && output.stderr.contains(&format!("signal=SIG{signal}")), "{}", output.describe());
+    assert!(said("stopped"), "the log says it stopped:\n{}", output.describe());
+}
+
+#[test]
+fn sigterm_closes_websockets_with_1001_finishes_requests_and_exits_0() {
+    a_signal_stops_the_server_gracefully("TERM");
+}
+
+#[test]
+fn sigint_closes_websockets_with_1001_finishes_requests_and_exits_0() {
+    a_signal_stops_the_server_gracefully("INT");
 }
