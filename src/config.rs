@@ -27,6 +27,8 @@ pub struct Config {
     pub ws_queue: usize,
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
+    /// Open HTTP connections this process accepts (enforced inside tiny_http).
+    pub http_max_connections: usize,
     /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
     pub migrations: migrate::Source,
     /// A test-only fault: the named watched thread panics soon after it
@@ -62,6 +64,7 @@ impl Config {
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
+        let http_max_connections = get("HTTP_MAX_CONNECTIONS", "1024");
         let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
@@ -96,6 +99,7 @@ impl Config {
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
+            http_max_connections: number(&mut problems, "HTTP_MAX_CONNECTIONS", &http_max_connections, 1, 1 << 20),
             migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
         };
@@ -104,6 +108,35 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// Descriptors kept free for what no setting counts: listeners, stdio, the
+/// process's few files and short-lived connections.
+const DESCRIPTOR_MARGIN: u64 = 64;
+
+impl Config {
+    /// The open files this configuration may need at once: one per WebSocket,
+    /// two per HTTP connection (tiny_http keeps a read and a write handle of
+    /// each socket), one per database connection `server::start` opens
+    /// (workers, `WORKERS / 2` job threads but at least 2, the listener, the
+    /// notifier, presence), and `DESCRIPTOR_MARGIN`.
+    pub fn descriptors_needed(&self) -> u64 {
+        let database = self.workers + (self.workers / 2).max(2) + 3;
+        (self.ws_max_connections + 2 * self.http_max_connections + database) as u64 + DESCRIPTOR_MARGIN
+    }
+
+    /// Refuses a configuration that cannot fit in `limit` open files, in one line.
+    pub fn check_descriptors(&self, limit: u64) -> Result<(), String> {
+        let needed = self.descriptors_needed();
+        if needed <= limit {
+            return Ok(());
+        }
+        Err(format!(
+            "the open files limit ({limit}) is below the {needed} descriptors that WS_MAX_CONNECTIONS={} \
+             and HTTP_MAX_CONNECTIONS={} need: raise it (ulimit -n, systemd's LimitNOFILE) or lower them",
+            self.ws_max_connections, self.http_max_connections
+        ))
     }
 }
 
@@ -144,7 +177,43 @@ mod tests {
         assert!(config.rate_limits);
         assert_eq!(config.ws_queue, 1024);
         assert_eq!(config.ws_max_connections, 10000);
+        assert_eq!(config.http_max_connections, 1024);
         assert_eq!(config.migrations, migrate::Source::Embedded);
+    }
+
+    #[test]
+    fn descriptors_count_websockets_http_connections_twice_the_database_and_a_margin() {
+        let config = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("WORKERS", "8"),
+            ("WS_MAX_CONNECTIONS", "1000"),
+            ("HTTP_MAX_CONNECTIONS", "100"),
+        ]))
+        .unwrap();
+        let needed = 1000 + 2 * 100 + (8 + 4 + 3) + 64;
+        assert_eq!(config.descriptors_needed(), needed);
+        assert_eq!(config.check_descriptors(needed), Ok(()));
+        let refused = config.check_descriptors(needed - 1).unwrap_err();
+        assert!(!refused.contains('\n'), "one line: {refused}");
+        for part in ["WS_MAX_CONNECTIONS=1000", "HTTP_MAX_CONNECTIONS=100", &(needed - 1).to_string()] {
+            assert!(refused.contains(part), "{refused:?} names {part}");
+        }
+    }
+
+    #[test]
+    fn http_max_connections_must_be_a_positive_whole_number() {
+        for bad in ["0", "many", "-5", "2000000"] {
+            let problems = Config::from_lookup(|name: &str| match name {
+                "DATABASE_URL" => Some("postgresql://u@localhost/m".into()),
+                "SECRET_KEY" => Some(KEY.into()),
+                "HTTP_MAX_CONNECTIONS" => Some(bad.into()),
+                _ => None,
+            })
+            .unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(problems[0].contains("HTTP_MAX_CONNECTIONS"), "{bad}: {problems:?}");
+        }
     }
 
     #[test]

@@ -35,11 +35,14 @@ fn main() -> ExitCode {
 
 fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|problems| problems.join("\nmessaging: "))?;
+    let log = Log::new(config.log);
+    let (was, limit) = raise_open_files_limit()?;
+    log.info("open files limit", &[("limit", &limit), ("was", &was), ("needed", &config.descriptors_needed())]);
+    config.check_descriptors(limit)?;
     let http = TcpListener::bind(&config.http_addr)
         .map_err(|e| format!("cannot listen on HTTP_ADDR {}: {e}", config.http_addr))?;
     let ws =
         TcpListener::bind(&config.ws_addr).map_err(|e| format!("cannot listen on WS_ADDR {}: {e}", config.ws_addr))?;
-    let log = Log::new(config.log);
     log_panics(log);
     let stop = stop_on_signals(log)?;
     let running = server::start(config, http, ws)?;
@@ -51,6 +54,28 @@ fn serve() -> Result<(), String> {
         Err(cause) => log.error("stopping", &[("cause", cause)]),
     }
     stopped
+}
+
+/// Raises the soft limit on open files to the hard limit (a soft limit of
+/// 1024 is common, and every socket is a descriptor); returns the soft limit
+/// before and after. When raising fails, the old limit stays and the start-up
+/// check decides whether it is enough.
+fn raise_open_files_limit() -> Result<(u64, u64), String> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!("cannot read the open files limit: {}", std::io::Error::last_os_error()));
+    }
+    let was = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one `rlimit` through a pointer to a live one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not everywhere.
+    Ok((was as u64, limit.rlim_cur as u64))
 }
 
 /// SIGTERM or SIGINT asks for a graceful stop: a message on the returned

@@ -148,9 +148,14 @@ struct Opened {
 }
 
 /// One connection, on its reader thread, from handshake to close.
+///
+/// Reader and writer share one `TcpStream` (`&TcpStream` reads and writes)
+/// rather than a `try_clone`, so a connection costs one descriptor, which
+/// is what the start-up check of the open-files limit counts.
 fn serve(slot: Arc<Slot>, stream: TcpStream) {
     let app = &slot.endpoint.app;
-    let Ok(write_half) = stream.try_clone() else { return };
+    let stream = Arc::new(stream);
+    let write_half = stream.clone();
     let conn = slot.endpoint.next_conn.fetch_add(1, Ordering::SeqCst);
     let (queue, frames) = Queue::new(app.config.ws_queue);
     let shared = Arc::new(ConnShared::default());
@@ -179,7 +184,7 @@ fn serve(slot: Arc<Slot>, stream: TcpStream) {
 /// opened connection if it was opened (which `close` must then undo).
 fn handshake(
     app: &Arc<App>,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     conn: hub::ConnId,
     queue: &Queue,
     shared: &Arc<ConnShared>,
@@ -474,7 +479,8 @@ fn answer_seed(
 
 /// The writer's loop: whole frames out, a ping every `PING_EVERY`, and the
 /// close frame when asked.
-fn write(mut stream: TcpStream, frames: &Receiver<Out>, shared: &ConnShared) {
+fn write(socket: Arc<TcpStream>, frames: &Receiver<Out>, shared: &ConnShared) {
+    let mut stream = &*socket;
     let mut last_ping = Instant::now();
     loop {
         match shared.close_code() {
@@ -534,7 +540,7 @@ fn control_frame(frame: Frame) -> Vec<u8> {
 /// handshake's reply, then tungstenite's automatic pongs and close replies)
 /// go to the stream until the writer's queue exists, then to the queue.
 struct ReadSide {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     replies: Option<Queue>,
     /// The whole handshake must be done by then, however slowly the client
     /// trickles its bytes in (the socket's timeout bounds only each read).
@@ -546,14 +552,14 @@ impl Read for ReadSide {
         if self.handshake_deadline.is_some_and(|deadline| Instant::now() > deadline) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake took too long"));
         }
-        self.stream.read(buf)
+        (&*self.stream).read(buf)
     }
 }
 
 impl Write for ReadSide {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &self.replies {
-            None => self.stream.write(buf),
+            None => (&*self.stream).write(buf),
             Some(queue) => {
                 // A full queue means the connection is being closed as lagging; the reply can go.
                 queue.offer(buf.to_vec().into());
@@ -564,7 +570,7 @@ impl Write for ReadSide {
 
     fn flush(&mut self) -> io::Result<()> {
         match &self.replies {
-            None => self.stream.flush(),
+            None => (&*self.stream).flush(),
             Some(_) => Ok(()),
         }
     }

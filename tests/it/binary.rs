@@ -33,6 +33,8 @@ const VARIABLES: &[&str] = &[
     "RATE_LIMITS",
     "WS_ALLOWED_ORIGINS",
     "WS_QUEUE",
+    "WS_MAX_CONNECTIONS",
+    "HTTP_MAX_CONNECTIONS",
     "MIGRATIONS_DIR",
     "MESSAGING_FAULT",
 ];
@@ -514,4 +516,69 @@ fn sigterm_closes_websockets_with_1001_finishes_requests_and_exits_0() {
 #[test]
 fn sigint_closes_websockets_with_1001_finishes_requests_and_exits_0() {
     a_signal_stops_the_server_gracefully("INT");
+}
+
+/// `messaging serve` run by bash after lowering the open files limit to
+/// `soft` (soft) and `hard` (hard), with only `vars` of the configuration set.
+fn serve_under_open_files_limit(soft: u32, hard: u32, vars: &[(&str, &str)]) -> Running {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(r#"ulimit -Sn {soft} && ulimit -Hn {hard} && exec "$0" serve"#))
+        .arg(env!("CARGO_BIN_EXE_messaging"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for name in VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(vars.iter().copied());
+    Running::start(command, format!("messaging serve under ulimit -n {soft} (hard {hard}) with {vars:?}"))
+}
+
+#[test]
+fn serve_refuses_to_start_when_its_connections_do_not_fit_in_the_open_files_limit() {
+    let vars = [("DATABASE_URL", UNUSED_DATABASE_URL), ("SECRET_KEY", SECRET_KEY), ("LOG", "off")];
+
+    let output = serve_under_open_files_limit(1024, 2048, &vars).finish(EXIT_DEADLINE);
+
+    assert_failed_cleanly(&output, "serve with the default limits under 2048 open files");
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line:\n{}", output.describe());
+    for part in ["messaging: ", "2048", "WS_MAX_CONNECTIONS=10000", "HTTP_MAX_CONNECTIONS=1024"] {
+        assert!(lines[0].contains(part), "the line says {part:?}:\n{}", output.describe());
+    }
+}
+
+#[test]
+fn serve_raises_the_soft_open_files_limit_to_the_hard_one_and_logs_it() {
+    let db_url = fresh_database();
+    let http_addr = free_addr();
+    let (http, ws) = (http_addr.to_string(), free_addr().to_string());
+    let vars = [
+        ("DATABASE_URL", db_url.as_str()),
+        ("SECRET_KEY", SECRET_KEY),
+        ("HTTP_ADDR", http.as_str()),
+        ("WS_ADDR", ws.as_str()),
+        ("WORKERS", "2"),
+        ("WS_MAX_CONNECTIONS", "1500"),
+        ("HTTP_MAX_CONNECTIONS", "100"),
+        ("LOG", "info"),
+    ];
+
+    let mut server = serve_under_open_files_limit(1024, 2048, &vars);
+
+    wait_for("the server to accept connections", Duration::from_secs(10), || {
+        if let Some(status) = server.exited() {
+            panic!("serve exited early ({status}):\n{}", server.stderr());
+        }
+        TcpStream::connect(http_addr).ok()
+    });
+    let limits = fs::read_to_string(format!("/proc/{}/limits", server.child.id())).expect("read /proc/PID/limits");
+    let open_files = limits.lines().find(|line| line.starts_with("Max open files")).expect("a Max open files line");
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["2048", "2048"], "{open_files}");
+    let stderr = server.stderr();
+    let line = stderr.lines().find(|line| line.contains(r#"msg="open files limit""#));
+    let line = line.unwrap_or_else(|| panic!("no open files limit line:\n{stderr}"));
+    for part in ["level=info", "limit=2048", "was=1024", "needed=1771"] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
 }
