@@ -80,19 +80,18 @@ pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 /// Checks a login (username or email) and password, under the failure limits.
 pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
-    let address_key = format!("addr:{}", ctx.client_address());
+    let address = ctx.client_address();
+    let limiter = &ctx.app.limits.logins;
     if login.len() > MAX_LOGIN_BYTES {
         // No account has such a login: it fails at once, counted against the
         // address only, which keeps the limiter's keys small.
-        if let Err(retry_after_secs) = ctx.app.login_failures.check(&[&address_key]) {
+        if let Err(retry_after_secs) = limiter.check(None, &address) {
             return Err(ApiError::RateLimited { retry_after_secs });
         }
-        ctx.app.login_failures.record_failure(&[&address_key]);
+        limiter.record_failure(None, &address);
         return Err(ApiError::InvalidCredentials);
     }
-    let login_key = format!("login:{}", login.to_lowercase());
-    let keys = [login_key.as_str(), address_key.as_str()];
-    if let Err(retry_after_secs) = ctx.app.login_failures.check(&keys) {
+    if let Err(retry_after_secs) = limiter.check(Some(login), &address) {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
     let found = store::find_user_by_login(&mut ctx.db.sql()?, login)?;
@@ -106,7 +105,7 @@ pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, Ap
         }
     };
     let Some((user, _)) = found.filter(|_| verified) else {
-        ctx.app.login_failures.record_failure(&keys);
+        ctx.app.limits.logins.record_failure(Some(login), &address);
         return Err(ApiError::InvalidCredentials);
     };
     let (token, token_hash) = auth::new_token();

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::forwarded::TrustedProxies;
 use crate::log::Level;
 use crate::migrate;
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log: Level,
     pub rate_limits: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// Origins allowed to open a WebSocket; empty means any.
     pub ws_allowed_origins: Vec<String>,
     pub ws_queue: usize,
@@ -61,6 +64,7 @@ impl Config {
         let max_body = get("MAX_BODY_BYTES", "65536");
         let log = get("LOG", "info");
         let rate_limits = get("RATE_LIMITS", "on");
+        let trusted_proxies = get("TRUSTED_PROXIES", "");
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
@@ -96,6 +100,10 @@ impl Config {
                     true
                 }
             },
+            trusted_proxies: TrustedProxies::parse(&trusted_proxies).unwrap_or_else(|problem| {
+                problems.push(problem);
+                TrustedProxies::default()
+            }),
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
@@ -241,6 +249,25 @@ mod tests {
             assert!(joined.contains(name), "no message names {name}: {joined}");
         }
         assert_eq!(problems.len(), 6, "{joined}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks() {
+        let config = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+        ]))
+        .unwrap();
+        assert!(config.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        let problems = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("TRUSTED_PROXIES", "127.0.0.1, proxy"),
+        ]))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("TRUSTED_PROXIES") && problems[0].contains("proxy"), "{problems:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use crate::accounts;
-use crate::app::{App, Ctx};
+use crate::app::{App, Ctx, Limits};
 use crate::auth;
 use crate::chats;
 use crate::config::Config;
@@ -33,7 +33,6 @@ use crate::migrate;
 use crate::notify::Notifier;
 use crate::ops;
 use crate::presence::{self, Presence};
-use crate::ratelimit::FailureLimiter;
 use crate::router::{self, Route};
 use crate::watch::{panic_message, Stop, Watch};
 use crate::ws;
@@ -168,7 +167,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     presence::start(presence.clone(), Db::new(url)?, stop.clone(), &watch)?;
     let app = Arc::new(App {
         log,
-        login_failures: FailureLimiter::new(config.rate_limits),
+        limits: Limits::new(&config),
         decoy_password_hash: OnceLock::new(),
         ws_url: format!("ws://{ws_addr}/ws"),
         presence,

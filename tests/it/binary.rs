@@ -31,6 +31,7 @@ const VARIABLES: &[&str] = &[
     "MAX_BODY_BYTES",
     "LOG",
     "RATE_LIMITS",
+    "TRUSTED_PROXIES",
     "WS_ALLOWED_ORIGINS",
     "WS_QUEUE",
     "WS_MAX_CONNECTIONS",
