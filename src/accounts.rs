@@ -62,8 +62,13 @@ pub fn create_user(ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(Reply::json(201, &me))
 }
 
-/// Stores a new account; `409` naming the field when username or email is taken.
+/// Stores a new account; `409` naming the field when username or email is
+/// taken, `429` past the sign-ups allowed from the client's address (which
+/// every valid attempt counts against, taken names included).
 pub fn register(ctx: &mut Ctx, new_user: &NewUser) -> Result<Me, ApiError> {
+    if let Err(retry_after_secs) = ctx.app.limits.signups.take(&ctx.client_address()) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let password_hash = auth::hash_password(new_user.password, ctx.app.config.password_iterations);
     store::insert_user(&mut ctx.db.sql()?, new_user.username, new_user.email, &password_hash)
 }

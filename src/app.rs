@@ -19,7 +19,7 @@ use crate::log::Log;
 use crate::model::{Event, Live, Session, SessionId, UserId};
 use crate::notify::{Notifier, Signal};
 use crate::presence::Presence;
-use crate::ratelimit::LoginLimiter;
+use crate::ratelimit::{Buckets, LoginLimiter, Occupancy, Rate};
 use crate::watch::Stop;
 
 /// What every worker shares: configuration and process-wide state.
@@ -65,15 +65,37 @@ impl App {
     }
 }
 
-/// The process's rate limits, each off when `RATE_LIMITS=off`.
+/// The process's rate limits, each off when `RATE_LIMITS=off`; the rules
+/// are in `ratelimit.rs`, the handlers and the WebSocket threads consult them.
 pub struct Limits {
     /// Failed logins per (login, client address) and per client address.
     pub logins: LoginLimiter,
+    /// One budget per user for every way of sending a message.
+    pub messages: Buckets<UserId>,
+    /// Sign-ups per client address.
+    pub signups: Buckets<String>,
+    /// Open WebSockets per user.
+    pub ws_per_user: Arc<Occupancy<UserId>>,
+    /// Open WebSockets per client address.
+    pub ws_per_address: Arc<Occupancy<String>>,
+    /// WebSocket handshakes in flight per TCP peer address.
+    pub ws_handshakes: Arc<Occupancy<String>>,
+    /// Each WebSocket's own frame budget, or `None` when limits are off.
+    pub ws_frames: Option<Rate>,
 }
 
 impl Limits {
     pub fn new(config: &Config) -> Limits {
-        Limits { logins: LoginLimiter::new(config.rate_limits) }
+        let on = config.rate_limits;
+        Limits {
+            logins: LoginLimiter::new(on),
+            messages: Buckets::new(config.messages, on),
+            signups: Buckets::new(config.signups, on),
+            ws_per_user: Occupancy::new(config.ws_max_per_user, on),
+            ws_per_address: Occupancy::new(config.ws_max_per_address, on),
+            ws_handshakes: Occupancy::new(config.ws_handshakes_per_address, on),
+            ws_frames: on.then_some(config.ws_frames),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::forwarded::TrustedProxies;
 use crate::log::Level;
 use crate::migrate;
+use crate::ratelimit::Rate;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -32,6 +33,18 @@ pub struct Config {
     pub ws_max_connections: usize,
     /// Open HTTP connections this process accepts (enforced inside tiny_http).
     pub http_max_connections: usize,
+    /// Open WebSockets of one user in this process.
+    pub ws_max_per_user: usize,
+    /// Open WebSockets from one client address in this process.
+    pub ws_max_per_address: usize,
+    /// WebSocket handshakes in flight from one TCP peer (trusted proxies excepted).
+    pub ws_handshakes_per_address: usize,
+    /// Frames one WebSocket may send, per second.
+    pub ws_frames: Rate,
+    /// Messages one user may send, per 10 seconds, over REST and WebSocket together.
+    pub messages: Rate,
+    /// Sign-ups from one client address, per hour.
+    pub signups: Rate,
     /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
     pub migrations: migrate::Source,
     /// A test-only fault: the named watched thread panics soon after it
@@ -69,6 +82,14 @@ impl Config {
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
         let http_max_connections = get("HTTP_MAX_CONNECTIONS", "1024");
+        let ws_max_per_user = get("WS_MAX_PER_USER", "64");
+        let ws_max_per_address = get("WS_MAX_PER_ADDRESS", "256");
+        let ws_handshakes_per_address = get("WS_HANDSHAKES_PER_ADDRESS", "32");
+        let ws_frame_rate = get("WS_FRAME_RATE", "20");
+        let ws_frame_burst = get("WS_FRAME_BURST", "40");
+        let message_rate = get("MESSAGE_RATE", "30");
+        let message_burst = get("MESSAGE_BURST", "60");
+        let signup_rate = get("SIGNUP_RATE", "20");
         let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
@@ -108,6 +129,29 @@ impl Config {
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
             http_max_connections: number(&mut problems, "HTTP_MAX_CONNECTIONS", &http_max_connections, 1, 1 << 20),
+            ws_max_per_user: number(&mut problems, "WS_MAX_PER_USER", &ws_max_per_user, 1, 1 << 20),
+            ws_max_per_address: number(&mut problems, "WS_MAX_PER_ADDRESS", &ws_max_per_address, 1, 1 << 20),
+            ws_handshakes_per_address: number(
+                &mut problems,
+                "WS_HANDSHAKES_PER_ADDRESS",
+                &ws_handshakes_per_address,
+                1,
+                1 << 20,
+            ),
+            ws_frames: Rate {
+                count: number(&mut problems, "WS_FRAME_RATE", &ws_frame_rate, 1, 1_000_000),
+                per: Duration::from_secs(1),
+                burst: number(&mut problems, "WS_FRAME_BURST", &ws_frame_burst, 1, 1_000_000),
+            },
+            messages: Rate {
+                count: number(&mut problems, "MESSAGE_RATE", &message_rate, 1, 1_000_000),
+                per: Duration::from_secs(10),
+                burst: number(&mut problems, "MESSAGE_BURST", &message_burst, 1, 1_000_000),
+            },
+            signups: {
+                let count = number(&mut problems, "SIGNUP_RATE", &signup_rate, 1, 1_000_000);
+                Rate { count, per: Duration::from_secs(3600), burst: count }
+            },
             migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
         };
@@ -186,6 +230,13 @@ mod tests {
         assert_eq!(config.ws_queue, 1024);
         assert_eq!(config.ws_max_connections, 10000);
         assert_eq!(config.http_max_connections, 1024);
+        assert_eq!(
+            (config.ws_max_per_user, config.ws_max_per_address, config.ws_handshakes_per_address),
+            (64, 256, 32)
+        );
+        assert_eq!(config.ws_frames, Rate { count: 20, per: Duration::from_secs(1), burst: 40 });
+        assert_eq!(config.messages, Rate { count: 30, per: Duration::from_secs(10), burst: 60 });
+        assert_eq!(config.signups, Rate { count: 20, per: Duration::from_secs(3600), burst: 20 });
         assert_eq!(config.migrations, migrate::Source::Embedded);
     }
 
@@ -242,13 +293,18 @@ mod tests {
             ("LOG", "loud"),
             ("RATE_LIMITS", "maybe"),
             ("MAX_BODY_BYTES", "-1"),
+            ("WS_MAX_PER_USER", "0"),
+            ("WS_FRAME_BURST", "lots"),
+            ("MESSAGE_RATE", "-3"),
+            ("SIGNUP_RATE", "1.5"),
         ]))
         .unwrap_err();
         let joined = problems.join("\n");
-        for name in ["DATABASE_URL", "SECRET_KEY", "WORKERS", "LOG", "RATE_LIMITS", "MAX_BODY_BYTES"] {
+        let names = ["DATABASE_URL", "SECRET_KEY", "WORKERS", "LOG", "RATE_LIMITS", "MAX_BODY_BYTES"];
+        for name in names.iter().chain(&["WS_MAX_PER_USER", "WS_FRAME_BURST", "MESSAGE_RATE", "SIGNUP_RATE"]) {
             assert!(joined.contains(name), "no message names {name}: {joined}");
         }
-        assert_eq!(problems.len(), 6, "{joined}");
+        assert_eq!(problems.len(), 10, "{joined}");
     }
 
     #[test]

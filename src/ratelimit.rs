@@ -1,17 +1,22 @@
-//! Failed-login limits, after OWASP's advice that an attacker elsewhere must
-//! not be able to lock a user out: failures count per (login, client
-//! address) pair, 10 in `WINDOW`, and per client address, 100 in `WINDOW`,
-//! never per login alone. Past either, attempts get `429` until the oldest
-//! failure that counts ages out, so the right password from an address under
-//! both limits always gets through.
+//! Every rate limit's rules: failed logins, token buckets (messages per
+//! user, sign-ups per address, frames per WebSocket) and counts of what a key
+//! holds open (WebSockets per user and per address, handshakes per address).
 //!
-//! The counts live in this process's memory: with several processes behind
-//! one address the limit is per process. Each map is bounded, so a flood of
-//! distinct logins or addresses costs a fixed amount of memory. The rules are
-//! pure (`LoginFailures`, time a parameter); `LoginLimiter` adds the lock.
+//! Failed logins follow OWASP's advice that an attacker elsewhere must not
+//! be able to lock a user out: failures count per (login, client address)
+//! pair, 10 in `WINDOW`, and per client address, 100 in `WINDOW`, never per
+//! login alone. Past either, attempts get `429` until the oldest failure
+//! that counts ages out, so the right password from an address under both
+//! limits always gets through.
+//!
+//! Everything lives in this process's memory, so with several processes the
+//! limits are per process; every map is bounded. The rules are pure (time is
+//! a parameter); the shared types add one lock each, never held across code
+//! that can panic.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a failure counts.
@@ -146,6 +151,157 @@ fn forget_old(times: &mut VecDeque<Instant>, now: Instant) {
     }
 }
 
+/// A rate: `count` events per `per` on average, and up to `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl Rate {
+    fn tokens_per_sec(&self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+/// A token bucket: holds at most `burst` tokens, refills at the rate, and
+/// each event takes one.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    pub fn full(rate: Rate, now: Instant) -> TokenBucket {
+        TokenBucket { tokens: f64::from(rate.burst), updated: now }
+    }
+
+    /// Takes a token, or says how long until there is one.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / rate.tokens_per_sec()))
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.tokens_per_sec()).min(f64::from(rate.burst));
+        self.updated = self.updated.max(now);
+    }
+
+    fn is_full(&self, rate: Rate) -> bool {
+        self.tokens >= f64::from(rate.burst)
+    }
+}
+
+/// Keys with a bucket at most: a flood of new keys costs a bounded amount.
+const MAX_BUCKETS: usize = 100_000;
+
+/// One token bucket per key (a user, an address), shared by every thread.
+pub struct Buckets<K> {
+    rate: Option<Rate>,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
+}
+
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    /// Buckets at `rate`; with `enabled` false, `take` always succeeds.
+    pub fn new(rate: Rate, enabled: bool) -> Buckets<K> {
+        Buckets { rate: enabled.then_some(rate), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one of `key`'s tokens, or `Err(whole seconds to wait, at least 1)`.
+    pub fn take(&self, key: &K) -> Result<(), u64> {
+        let Some(rate) = self.rate else { return Ok(()) };
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        take_from(&mut buckets, rate, key, Instant::now()).map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+}
+
+/// The rule of `Buckets::take`: a key without a bucket has a full one. A full
+/// bucket says nothing a missing one does not, so when the map is full those
+/// are forgotten first; if every bucket is in use, all are.
+fn take_from<K: Hash + Eq + Clone>(
+    buckets: &mut HashMap<K, TokenBucket>,
+    rate: Rate,
+    key: &K,
+    now: Instant,
+) -> Result<(), Duration> {
+    if !buckets.contains_key(key) && buckets.len() >= MAX_BUCKETS {
+        buckets.retain(|_, bucket| {
+            bucket.refill(rate, now);
+            !bucket.is_full(rate)
+        });
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.clear();
+        }
+    }
+    buckets.entry(key.clone()).or_insert_with(|| TokenBucket::full(rate, now)).take(rate, now)
+}
+
+/// How many of something each key holds open (WebSockets of a user, say),
+/// against one limit per key. The map holds only keys that hold something.
+pub struct Occupancy<K> {
+    limit: Option<usize>,
+    held: Mutex<HashMap<K, usize>>,
+}
+
+/// One place held in an `Occupancy`, given back when dropped.
+pub struct Held<K: Hash + Eq> {
+    occupancy: Arc<Occupancy<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Occupancy<K> {
+    /// At most `limit` per key; with `enabled` false, no limit and no counting.
+    pub fn new(limit: usize, enabled: bool) -> Arc<Occupancy<K>> {
+        Arc::new(Occupancy { limit: enabled.then_some(limit), held: Mutex::new(HashMap::new()) })
+    }
+
+    /// A place for `key`, or `None` when it already holds `limit`.
+    pub fn enter(self: &Arc<Self>, key: K) -> Option<Held<K>> {
+        if let Some(limit) = self.limit {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if !take_place(&mut held, limit, &key) {
+                return None;
+            }
+        }
+        Some(Held { occupancy: self.clone(), key })
+    }
+}
+
+impl<K: Hash + Eq> Drop for Held<K> {
+    fn drop(&mut self) {
+        if self.occupancy.limit.is_some() {
+            let mut held = self.occupancy.held.lock().unwrap_or_else(PoisonError::into_inner);
+            give_back(&mut held, &self.key);
+        }
+    }
+}
+
+/// The rule of `Occupancy::enter`.
+fn take_place<K: Hash + Eq + Clone>(held: &mut HashMap<K, usize>, limit: usize, key: &K) -> bool {
+    let count = held.entry(key.clone()).or_insert(0);
+    if *count >= limit {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+fn give_back<K: Hash + Eq>(held: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = held.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            held.remove(key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +384,69 @@ mod tests {
         assert!(windows.times.contains_key("new"));
         assert!(!windows.times.contains_key("one") && !windows.times.contains_key("two"));
         assert!(windows.times.len() <= 3);
+    }
+
+    const TWO_PER_SECOND_BURST_4: Rate = Rate { count: 2, per: Duration::from_secs(1), burst: 4 };
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let rate = TWO_PER_SECOND_BURST_4;
+        let start = Instant::now();
+        let mut bucket = TokenBucket::full(rate, start);
+        for idx in 0..4 {
+            assert_eq!(bucket.take(rate, start), Ok(()), "burst event {idx}");
+        }
+        assert_eq!(bucket.take(rate, start), Err(Duration::from_millis(500)), "empty: one token takes 1/rate");
+        assert_eq!(bucket.take(rate, start + Duration::from_millis(500)), Ok(()), "refilled one");
+        assert!(bucket.take(rate, start + Duration::from_millis(600)).is_err());
+        let later = start + Duration::from_secs(60);
+        for idx in 0..4 {
+            assert_eq!(bucket.take(rate, later), Ok(()), "refilled to the burst, no more: {idx}");
+        }
+        assert!(bucket.take(rate, later).is_err());
+    }
+
+    #[test]
+    fn buckets_are_per_key_and_a_full_map_forgets_full_buckets_first() {
+        let rate = Rate { count: 1, per: Duration::from_secs(10), burst: 1 };
+        let now = Instant::now();
+        let mut buckets = HashMap::new();
+        assert_eq!(take_from(&mut buckets, rate, &"a", now), Ok(()));
+        assert!(take_from(&mut buckets, rate, &"a", now).is_err(), "a's one token is spent");
+        assert_eq!(take_from(&mut buckets, rate, &"b", now), Ok(()), "b has its own bucket");
+        let later = now + Duration::from_secs(10);
+        let mut full: HashMap<u32, TokenBucket> =
+            (0..MAX_BUCKETS as u32).map(|k| (k, TokenBucket::full(rate, now))).collect();
+        assert!(take_from(&mut full, rate, &0, now).is_ok());
+        assert_eq!(take_from(&mut full, rate, &u32::MAX, later), Ok(()));
+        assert_eq!(full.len(), 1, "only the new key's bucket, not full, remains: the others were full");
+    }
+
+    #[test]
+    fn disabled_buckets_never_limit() {
+        let buckets = Buckets::new(Rate { count: 1, per: Duration::from_secs(3600), burst: 1 }, false);
+        for _ in 0..10 {
+            assert_eq!(buckets.take(&"k"), Ok(()));
+        }
+        let buckets = Buckets::new(Rate { count: 1, per: Duration::from_secs(3600), burst: 1 }, true);
+        assert_eq!(buckets.take(&"k"), Ok(()));
+        assert_eq!(buckets.take(&"k"), Err(3600), "an hour to wait, in whole seconds");
+    }
+
+    #[test]
+    fn a_key_holds_at_most_its_limit_and_gets_places_back_on_drop() {
+        let occupancy = Occupancy::new(2, true);
+        let first = occupancy.enter("alice").expect("one");
+        let second = occupancy.enter("alice").expect("two");
+        assert!(occupancy.enter("alice").is_none(), "a third is refused");
+        let bob = occupancy.enter("bob").expect("bob counts apart");
+        drop(first);
+        let third = occupancy.enter("alice").expect("a place given back is free again");
+        drop((second, third, bob));
+        assert!(occupancy.held.lock().unwrap().is_empty(), "keys holding nothing are forgotten");
+        let off = Occupancy::new(1, false);
+        let held: Vec<_> = (0..5).map(|_| off.enter("k").expect("no limit when off")).collect();
+        assert_eq!(held.len(), 5);
     }
 
     #[test]
