@@ -442,6 +442,7 @@ fn read(
                 }
             }
             Err(WsError::Capacity(_)) => shared.close(u16::from(CloseCode::Size)),
+            Err(WsError::Utf8(_)) => shared.close(u16::from(CloseCode::Invalid)),
             Err(WsError::Protocol(_)) => shared.close(u16::from(CloseCode::Protocol)),
             Err(_) => return,
         }
@@ -456,9 +457,9 @@ fn answer(
     frame: &[u8],
     last_typing: &mut HashMap<ChatId, Instant>,
 ) -> Option<serde_json::Value> {
-    let body = match http::parse_body(frame) {
+    let body = match http::parse_frame(frame) {
         Ok(body) => body,
-        Err(_) => return Some(ApiError::malformed("frame is not a JSON object").to_frame(None)),
+        Err(error) => return Some(error.to_frame(None)),
     };
     let client_id = body.opt_str("client_id").ok().flatten().map(String::from);
     let outcome = match body.str("type") {
