@@ -185,7 +185,10 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         let worker = watch.spawn(&format!("http-{idx}"), move || {
             while !app.stop.is_set() {
                 match http.recv_timeout(RECV_TICK) {
-                    Ok(Some(request)) => handle(&app, &mut db, request),
+                    Ok(Some(request)) => {
+                        db.begin();
+                        handle(&app, &mut db, request)
+                    }
                     Ok(None) => {}
                     Err(error) => app.log.error("HTTP accept failed", &[("error", &error)]),
                 }
@@ -193,6 +196,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
             // Stopping: what tiny_http has already read is answered too. The
             // last worker to end drops the server, which closes the listener.
             while let Ok(Some(request)) = http.try_recv() {
+                db.begin();
                 handle(&app, &mut db, request);
             }
         })?;
