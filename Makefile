@@ -15,7 +15,7 @@ ARGS ?=
 # Shell snippet shared by run and migrate: keep DATABASE_URL, or start the local cluster.
 USE_LOCAL_DB = if [ -z "$${DATABASE_URL:-}" ]; then DATABASE_URL=$$(scripts/pg.sh start $(PG_DIR)); fi; export DATABASE_URL
 
-.PHONY: build run migrate test fmt clippy clean
+.PHONY: build run migrate test soak fmt clippy clean
 
 # Build the release binary.
 build:
@@ -60,6 +60,10 @@ test:
 	  echo "cargo-nextest not found: falling back to cargo test" >&2
 	  $(CARGO) test $(ARGS)
 	fi
+
+# The slow fault tests, behind SOAK=1: a database frozen for 20 seconds (each starts its own cluster).
+soak:
+	SOAK=1 $(CARGO) test --test it soak_ -- --nocapture
 
 # Measure WebSocket fan-out latency and memory per idle connection, and rewrite BENCHMARKS.md.
 # The benchmark starts its own durable cluster in a temporary directory that the trap always stops.

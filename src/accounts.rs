@@ -62,8 +62,13 @@ pub fn create_user(ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(Reply::json(201, &me))
 }
 
-/// Stores a new account; `409` naming the field when username or email is taken.
+/// Stores a new account; `409` naming the field when username or email is
+/// taken, `429` past the sign-ups allowed from the client's address (which
+/// every valid attempt counts against, taken names included).
 pub fn register(ctx: &mut Ctx, new_user: &NewUser) -> Result<Me, ApiError> {
+    if let Err(retry_after_secs) = ctx.app.limits.signups.take(&ctx.client_address()) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let password_hash = auth::hash_password(new_user.password, ctx.app.config.password_iterations);
     store::insert_user(&mut ctx.db.sql()?, new_user.username, new_user.email, &password_hash)
 }
@@ -80,19 +85,18 @@ pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 /// Checks a login (username or email) and password, under the failure limits.
 pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
-    let address_key = format!("addr:{}", ctx.client_address());
+    let address = ctx.client_address();
+    let limiter = &ctx.app.limits.logins;
     if login.len() > MAX_LOGIN_BYTES {
         // No account has such a login: it fails at once, counted against the
         // address only, which keeps the limiter's keys small.
-        if let Err(retry_after_secs) = ctx.app.login_failures.check(&[&address_key]) {
+        if let Err(retry_after_secs) = limiter.check(None, &address) {
             return Err(ApiError::RateLimited { retry_after_secs });
         }
-        ctx.app.login_failures.record_failure(&[&address_key]);
+        limiter.record_failure(None, &address);
         return Err(ApiError::InvalidCredentials);
     }
-    let login_key = format!("login:{}", login.to_lowercase());
-    let keys = [login_key.as_str(), address_key.as_str()];
-    if let Err(retry_after_secs) = ctx.app.login_failures.check(&keys) {
+    if let Err(retry_after_secs) = limiter.check(Some(login), &address) {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
     let found = store::find_user_by_login(&mut ctx.db.sql()?, login)?;
@@ -106,7 +110,7 @@ pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, Ap
         }
     };
     let Some((user, _)) = found.filter(|_| verified) else {
-        ctx.app.login_failures.record_failure(&keys);
+        ctx.app.limits.logins.record_failure(Some(login), &address);
         return Err(ApiError::InvalidCredentials);
     };
     let (token, token_hash) = auth::new_token();

@@ -11,6 +11,7 @@ use crate::auth;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::ApiError;
+use crate::forwarded;
 use crate::http::{self, Body, Query};
 use crate::hub::Hub;
 use crate::jobs::Jobs;
@@ -18,14 +19,14 @@ use crate::log::Log;
 use crate::model::{Event, Live, Session, SessionId, UserId};
 use crate::notify::{Notifier, Signal};
 use crate::presence::Presence;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{Buckets, LoginLimiter, Occupancy, Rate};
 use crate::watch::Stop;
 
 /// What every worker shares: configuration and process-wide state.
 pub struct App {
     pub config: Config,
     pub log: Log,
-    pub login_failures: FailureLimiter,
+    pub limits: Limits,
     /// Verified against when a login is unknown, so that case costs the same;
     /// made on first use, so start-up does not pay for a slow hash.
     pub decoy_password_hash: OnceLock<String>,
@@ -64,6 +65,40 @@ impl App {
     }
 }
 
+/// The process's rate limits, each off when `RATE_LIMITS=off`; the rules
+/// are in `ratelimit.rs`, the handlers and the WebSocket threads consult them.
+pub struct Limits {
+    /// Failed logins per (login, client address) and per client address.
+    pub logins: LoginLimiter,
+    /// One budget per user for every way of sending a message.
+    pub messages: Buckets<UserId>,
+    /// Sign-ups per client address.
+    pub signups: Buckets<String>,
+    /// Open WebSockets per user.
+    pub ws_per_user: Arc<Occupancy<UserId>>,
+    /// Open WebSockets per client address.
+    pub ws_per_address: Arc<Occupancy<String>>,
+    /// WebSocket handshakes in flight per TCP peer address.
+    pub ws_handshakes: Arc<Occupancy<String>>,
+    /// Each WebSocket's own frame budget, or `None` when limits are off.
+    pub ws_frames: Option<Rate>,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Limits {
+        let on = config.rate_limits;
+        Limits {
+            logins: LoginLimiter::new(on),
+            messages: Buckets::new(config.messages, on),
+            signups: Buckets::new(config.signups, on),
+            ws_per_user: Occupancy::new(config.ws_max_per_user, on),
+            ws_per_address: Occupancy::new(config.ws_max_per_address, on),
+            ws_handshakes: Occupancy::new(config.ws_handshakes_per_address, on),
+            ws_frames: on.then_some(config.ws_frames),
+        }
+    }
+}
+
 /// One request being handled, with its worker's connection.
 pub struct Ctx<'a> {
     pub app: &'a App,
@@ -90,8 +125,15 @@ impl Ctx<'_> {
         Ok(session)
     }
 
-    /// The peer's IP address (the key of per-address limits).
+    /// The client's address as per-address limits count it: the peer, or
+    /// behind a trusted proxy what it says in `X-Forwarded-For`
+    /// (`forwarded.rs`); an IPv6 client counts as its /64.
     pub fn client_address(&self) -> String {
-        self.request.remote_addr().map_or_else(|| "unknown".into(), |addr| addr.ip().to_string())
+        let Some(peer) = self.request.remote_addr().map(|addr| addr.ip()) else { return "unknown".into() };
+        let forwarded_for: Vec<&str> = (self.request.headers().iter())
+            .filter(|h| h.field.as_str().as_str().eq_ignore_ascii_case("X-Forwarded-For"))
+            .map(|h| h.value.as_str())
+            .collect();
+        forwarded::limit_key(self.app.config.trusted_proxies.client(peer, &forwarded_for))
     }
 }

@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
+use crate::forwarded::TrustedProxies;
 use crate::log::Level;
 use crate::migrate;
+use crate::ratelimit::Rate;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -22,11 +24,27 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log: Level,
     pub rate_limits: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// Origins allowed to open a WebSocket; empty means any.
     pub ws_allowed_origins: Vec<String>,
     pub ws_queue: usize,
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
+    /// Open HTTP connections this process accepts (enforced inside tiny_http).
+    pub http_max_connections: usize,
+    /// Open WebSockets of one user in this process.
+    pub ws_max_per_user: usize,
+    /// Open WebSockets from one client address in this process.
+    pub ws_max_per_address: usize,
+    /// WebSocket handshakes in flight from one TCP peer (trusted proxies excepted).
+    pub ws_handshakes_per_address: usize,
+    /// Frames one WebSocket may send, per second.
+    pub ws_frames: Rate,
+    /// Messages one user may send, per 10 seconds, over REST and WebSocket together.
+    pub messages: Rate,
+    /// Sign-ups from one client address, per hour.
+    pub signups: Rate,
     /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
     pub migrations: migrate::Source,
     /// A test-only fault (`MESSAGING_FAULT`, read by debug builds only): a
@@ -60,9 +78,19 @@ impl Config {
         let max_body = get("MAX_BODY_BYTES", "65536");
         let log = get("LOG", "info");
         let rate_limits = get("RATE_LIMITS", "on");
+        let trusted_proxies = get("TRUSTED_PROXIES", "");
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
+        let http_max_connections = get("HTTP_MAX_CONNECTIONS", "1024");
+        let ws_max_per_user = get("WS_MAX_PER_USER", "64");
+        let ws_max_per_address = get("WS_MAX_PER_ADDRESS", "256");
+        let ws_handshakes_per_address = get("WS_HANDSHAKES_PER_ADDRESS", "32");
+        let ws_frame_rate = get("WS_FRAME_RATE", "20");
+        let ws_frame_burst = get("WS_FRAME_BURST", "40");
+        let message_rate = get("MESSAGE_RATE", "30");
+        let message_burst = get("MESSAGE_BURST", "60");
+        let signup_rate = get("SIGNUP_RATE", "20");
         let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
@@ -94,9 +122,37 @@ impl Config {
                     true
                 }
             },
+            trusted_proxies: TrustedProxies::parse(&trusted_proxies).unwrap_or_else(|problem| {
+                problems.push(problem);
+                TrustedProxies::default()
+            }),
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
+            http_max_connections: number(&mut problems, "HTTP_MAX_CONNECTIONS", &http_max_connections, 1, 1 << 20),
+            ws_max_per_user: number(&mut problems, "WS_MAX_PER_USER", &ws_max_per_user, 1, 1 << 20),
+            ws_max_per_address: number(&mut problems, "WS_MAX_PER_ADDRESS", &ws_max_per_address, 1, 1 << 20),
+            ws_handshakes_per_address: number(
+                &mut problems,
+                "WS_HANDSHAKES_PER_ADDRESS",
+                &ws_handshakes_per_address,
+                1,
+                1 << 20,
+            ),
+            ws_frames: Rate {
+                count: number(&mut problems, "WS_FRAME_RATE", &ws_frame_rate, 1, 1_000_000),
+                per: Duration::from_secs(1),
+                burst: number(&mut problems, "WS_FRAME_BURST", &ws_frame_burst, 1, 1_000_000),
+            },
+            messages: Rate {
+                count: number(&mut problems, "MESSAGE_RATE", &message_rate, 1, 1_000_000),
+                per: Duration::from_secs(10),
+                burst: number(&mut problems, "MESSAGE_BURST", &message_burst, 1, 1_000_000),
+            },
+            signups: {
+                let count = number(&mut problems, "SIGNUP_RATE", &signup_rate, 1, 1_000_000);
+                Rate { count, per: Duration::from_secs(3600), burst: count }
+            },
             migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
         };
@@ -105,6 +161,35 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// Descriptors kept free for what no setting counts: listeners, stdio, the
+/// process's few files and short-lived connections.
+const DESCRIPTOR_MARGIN: u64 = 64;
+
+impl Config {
+    /// The open files this configuration may need at once: one per WebSocket,
+    /// two per HTTP connection (tiny_http keeps a read and a write handle of
+    /// each socket), one per database connection `server::start` opens
+    /// (workers, `WORKERS / 2` job threads but at least 2, the listener, the
+    /// notifier, presence), and `DESCRIPTOR_MARGIN`.
+    pub fn descriptors_needed(&self) -> u64 {
+        let database = self.workers + (self.workers / 2).max(2) + 3;
+        (self.ws_max_connections + 2 * self.http_max_connections + database) as u64 + DESCRIPTOR_MARGIN
+    }
+
+    /// Refuses a configuration that cannot fit in `limit` open files, in one line.
+    pub fn check_descriptors(&self, limit: u64) -> Result<(), String> {
+        let needed = self.descriptors_needed();
+        if needed <= limit {
+            return Ok(());
+        }
+        Err(format!(
+            "the open files limit ({limit}) is below the {needed} descriptors that WS_MAX_CONNECTIONS={} \
+             and HTTP_MAX_CONNECTIONS={} need: raise it (ulimit -n, systemd's LimitNOFILE) or lower them",
+            self.ws_max_connections, self.http_max_connections
+        ))
     }
 }
 
@@ -145,7 +230,50 @@ mod tests {
         assert!(config.rate_limits);
         assert_eq!(config.ws_queue, 1024);
         assert_eq!(config.ws_max_connections, 10000);
+        assert_eq!(config.http_max_connections, 1024);
+        assert_eq!(
+            (config.ws_max_per_user, config.ws_max_per_address, config.ws_handshakes_per_address),
+            (64, 256, 32)
+        );
+        assert_eq!(config.ws_frames, Rate { count: 20, per: Duration::from_secs(1), burst: 40 });
+        assert_eq!(config.messages, Rate { count: 30, per: Duration::from_secs(10), burst: 60 });
+        assert_eq!(config.signups, Rate { count: 20, per: Duration::from_secs(3600), burst: 20 });
         assert_eq!(config.migrations, migrate::Source::Embedded);
+    }
+
+    #[test]
+    fn descriptors_count_websockets_http_connections_twice_the_database_and_a_margin() {
+        let config = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("WORKERS", "8"),
+            ("WS_MAX_CONNECTIONS", "1000"),
+            ("HTTP_MAX_CONNECTIONS", "100"),
+        ]))
+        .unwrap();
+        let needed = 1000 + 2 * 100 + (8 + 4 + 3) + 64;
+        assert_eq!(config.descriptors_needed(), needed);
+        assert_eq!(config.check_descriptors(needed), Ok(()));
+        let refused = config.check_descriptors(needed - 1).unwrap_err();
+        assert!(!refused.contains('\n'), "one line: {refused}");
+        for part in ["WS_MAX_CONNECTIONS=1000", "HTTP_MAX_CONNECTIONS=100", &(needed - 1).to_string()] {
+            assert!(refused.contains(part), "{refused:?} names {part}");
+        }
+    }
+
+    #[test]
+    fn http_max_connections_must_be_a_positive_whole_number() {
+        for bad in ["0", "many", "-5", "2000000"] {
+            let problems = Config::from_lookup(|name: &str| match name {
+                "DATABASE_URL" => Some("postgresql://u@localhost/m".into()),
+                "SECRET_KEY" => Some(KEY.into()),
+                "HTTP_MAX_CONNECTIONS" => Some(bad.into()),
+                _ => None,
+            })
+            .unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(problems[0].contains("HTTP_MAX_CONNECTIONS"), "{bad}: {problems:?}");
+        }
     }
 
     #[test]
@@ -166,13 +294,37 @@ mod tests {
             ("LOG", "loud"),
             ("RATE_LIMITS", "maybe"),
             ("MAX_BODY_BYTES", "-1"),
+            ("WS_MAX_PER_USER", "0"),
+            ("WS_FRAME_BURST", "lots"),
+            ("MESSAGE_RATE", "-3"),
+            ("SIGNUP_RATE", "1.5"),
         ]))
         .unwrap_err();
         let joined = problems.join("\n");
-        for name in ["DATABASE_URL", "SECRET_KEY", "WORKERS", "LOG", "RATE_LIMITS", "MAX_BODY_BYTES"] {
+        let names = ["DATABASE_URL", "SECRET_KEY", "WORKERS", "LOG", "RATE_LIMITS", "MAX_BODY_BYTES"];
+        for name in names.iter().chain(&["WS_MAX_PER_USER", "WS_FRAME_BURST", "MESSAGE_RATE", "SIGNUP_RATE"]) {
             assert!(joined.contains(name), "no message names {name}: {joined}");
         }
-        assert_eq!(problems.len(), 6, "{joined}");
+        assert_eq!(problems.len(), 10, "{joined}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks() {
+        let config = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+        ]))
+        .unwrap();
+        assert!(config.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        let problems = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("TRUSTED_PROXIES", "127.0.0.1, proxy"),
+        ]))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("TRUSTED_PROXIES") && problems[0].contains("proxy"), "{problems:?}");
     }
 
     #[test]

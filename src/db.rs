@@ -2,13 +2,18 @@
 //!
 //! Each worker owns a `Db`: no pool, no locks. Every statement is prepared
 //! once per connection and reused (a `&str` query would cost three round
-//! trips). A connection found dead is dropped; the request that found it gets
-//! `503 unavailable` and the next request connects again. Every wait has a
-//! bound: connect timeout, statement timeout, lock timeout, TCP keepalives.
+//! trips). A unit of work (a request, a job) starts with `begin`, and its
+//! first use of the connection checks it with one round trip bounded by a
+//! client-side timer: a connection the server ended (`pg_terminate_backend`,
+//! a restart) is replaced before any statement is sent, so nothing needs a
+//! retry, and a database that stopped answering costs `VALIDATE_TIMEOUT`
+//! and a `503`, not a hang. Connecting is bounded as a whole (`CONNECT_DEADLINE`),
+//! not just its socket. SECURITY.md, "Faults", has the bounds and their limits.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
@@ -18,30 +23,110 @@ use crate::error::{describe, ApiError};
 const SESSION_OPTIONS: &str =
     "-c statement_timeout=10000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=30000 -c TimeZone=UTC";
 
+/// How long the check at the start of a unit of work waits for its answer.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long connecting may take, startup and authentication included
+/// (`connect_timeout` bounds only the socket's connect).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
 type Statements = HashMap<&'static str, Statement>;
 
 pub struct Db {
     config: postgres::Config,
     client: Option<Client>,
     statements: Statements,
+    /// Set by `begin`: the next use checks the connection first.
+    check: bool,
+    /// A connection attempt that outlived its deadline, picked up by the next
+    /// use instead of starting another, so a frozen server costs one thread.
+    connecting: Option<Receiver<Result<Client, postgres::Error>>>,
 }
 
 impl Db {
     /// Prepares a connection's settings; connects lazily on first use.
     pub fn new(url: &str) -> Result<Db, String> {
-        Ok(Db { config: connection_config(url)?, client: None, statements: HashMap::new() })
+        let config = connection_config(url)?;
+        Ok(Db { config, client: None, statements: HashMap::new(), check: false, connecting: None })
     }
 
-    /// The connection, opened again if it was lost.
+    /// Starts a unit of work: its first use of the connection checks it.
+    pub fn begin(&mut self) {
+        self.check = true;
+    }
+
+    /// The connection, checked if `begin` asked for it, opened again if it
+    /// was lost. A check that is not answered in time is `503`.
     pub fn sql(&mut self) -> Result<Sql<'_, Client>, ApiError> {
+        if std::mem::take(&mut self.check) {
+            self.validate(VALIDATE_TIMEOUT)?;
+        }
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.statements.clear();
-            self.client = None;
-            let client = self.config.connect(NoTls).map_err(|e| ApiError::unavailable(describe(&e)))?;
-            self.client = Some(client);
+            self.disconnect();
+            self.client = Some(self.connect(CONNECT_DEADLINE)?);
         }
         let client = self.client.as_mut().expect("connected just above");
         Ok(Sql { client, statements: &mut self.statements })
+    }
+
+    /// Whether the database answers a round trip within `within`, connecting
+    /// first (within the same bound) when there is no connection: `/readyz`.
+    pub fn check(&mut self, within: Duration) -> Result<(), ApiError> {
+        self.check = false;
+        self.validate(within)?;
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.disconnect();
+            self.client = Some(self.connect(within)?);
+        }
+        Ok(())
+    }
+
+    /// Sends an empty query and waits `within` for its answer. A connection
+    /// the server closed is dropped (the caller connects again); one that
+    /// does not answer in time is abandoned and the unit of work gets `503`.
+    fn validate(&mut self, within: Duration) -> Result<(), ApiError> {
+        let Some(client) = self.client.as_mut() else { return Ok(()) };
+        let started = Instant::now();
+        match client.is_valid(within) {
+            Ok(()) => Ok(()),
+            Err(error) if started.elapsed() >= within => {
+                self.disconnect();
+                Err(ApiError::unavailable(format!(
+                    "the database did not answer within {within:?}: {}",
+                    describe(&error)
+                )))
+            }
+            Err(_) => {
+                self.disconnect();
+                Ok(())
+            }
+        }
+    }
+
+    /// Connects within `within`, on a thread of its own so the wait is
+    /// bounded even when the server accepts the socket and then says nothing.
+    fn connect(&mut self, within: Duration) -> Result<Client, ApiError> {
+        let attempt = match self.connecting.take() {
+            Some(attempt) => attempt,
+            None => {
+                let (done, attempt) = bounded(1);
+                let config = self.config.clone();
+                std::thread::Builder::new()
+                    .name("db-connect".into())
+                    .spawn(move || drop(done.send(config.connect(NoTls))))
+                    .map_err(|e| ApiError::unavailable(format!("cannot start a connecting thread: {e}")))?;
+                attempt
+            }
+        };
+        match attempt.recv_timeout(within) {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(error)) => Err(ApiError::unavailable(describe(&error))),
+            Err(RecvTimeoutError::Timeout) => {
+                self.connecting = Some(attempt);
+                Err(ApiError::unavailable(format!("could not connect to the database within {within:?}")))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(ApiError::unavailable("the connecting thread ended")),
+        }
     }
 
     /// Runs `work` in one transaction: committed if it returns `Ok`, rolled
@@ -58,9 +143,22 @@ impl Db {
     }
 
     /// Drops the connection, e.g. after a panic left it in an unknown state.
+    ///
+    /// Dropping a `Client` waits for the answers to statements it sent, which
+    /// a frozen server never gives, so a client is dropped on a thread of its
+    /// own; that thread ends when the server answers or the socket dies.
     pub fn disconnect(&mut self) {
-        self.client = None;
         self.statements.clear();
+        if let Some(client) = self.client.take() {
+            if client.is_closed() {
+                return;
+            }
+            let dropped = std::thread::Builder::new().name("db-drop".into()).spawn(move || drop(client));
+            if let Err(error) = dropped {
+                // No thread to drop it on: leaking the connection beats blocking the caller.
+                eprintln!("messaging: cannot start a thread to drop a database connection: {error}");
+            }
+        }
     }
 }
 
@@ -74,6 +172,7 @@ pub fn connection_config(url: &str) -> Result<postgres::Config, String> {
         .keepalives_idle(Duration::from_secs(30))
         .keepalives_interval(Duration::from_secs(5))
         .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10))
         .options(SESSION_OPTIONS)
         .application_name("messaging");
     Ok(config)

@@ -3,12 +3,17 @@
 //! A body is read with the size limit enforced while reading, so a huge upload
 //! costs at most `MAX_BODY_BYTES` of memory. Inputs are decoded into a `Body`
 //! whose typed getters name the field at fault; every string is checked for
-//! NUL here, once, because PostgreSQL text cannot hold it.
+//! NUL here, once, because PostgreSQL text cannot hold it. A key given twice
+//! in any object is refused: parsers disagree on which copy counts (serde_json
+//! keeps the last, others the first), and a proxy that checks one copy while
+//! the server uses the other is a smuggling risk.
 
+use std::fmt;
 use std::io::Read;
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use crate::error::ApiError;
 
@@ -62,12 +67,107 @@ pub fn read_json(request: &mut tiny_http::Request, limit: usize) -> Result<Body,
     parse_body(&bytes)
 }
 
-/// Decodes a JSON object: a request body or a WebSocket frame.
+/// Decodes a JSON object: a request body, or a frame of the seed's socket.
 pub fn parse_body(bytes: &[u8]) -> Result<Body, ApiError> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(fields)) => Ok(Body(fields)),
-        Ok(_) => Err(ApiError::malformed("body must be a JSON object")),
-        Err(_) => Err(ApiError::malformed("body is not valid JSON")),
+    match parse_object(bytes) {
+        Ok(fields) => Ok(Body(fields)),
+        Err(Malformed::NotObject) => Err(ApiError::malformed("body must be a JSON object")),
+        Err(Malformed::NotJson) => Err(ApiError::malformed("body is not valid JSON")),
+        Err(Malformed::DuplicateKey) => Err(ApiError::malformed("body has a key more than once")),
+    }
+}
+
+/// Decodes a WebSocket frame of the current protocol: a JSON object.
+pub fn parse_frame(bytes: &[u8]) -> Result<Body, ApiError> {
+    match parse_object(bytes) {
+        Ok(fields) => Ok(Body(fields)),
+        Err(Malformed::NotObject | Malformed::NotJson) => Err(ApiError::malformed("frame is not a JSON object")),
+        Err(Malformed::DuplicateKey) => Err(ApiError::malformed("frame has a key more than once")),
+    }
+}
+
+/// Why bytes are not a JSON object this server accepts.
+#[derive(Debug, PartialEq)]
+enum Malformed {
+    NotJson,
+    NotObject,
+    DuplicateKey,
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Malformed> {
+    match serde_json::from_slice::<UniqueKeys>(bytes) {
+        Ok(UniqueKeys(Value::Object(fields))) => Ok(fields),
+        Ok(_) => Err(Malformed::NotObject),
+        // Every value is accepted, so the only data error is the duplicate key.
+        Err(error) if error.classify() == serde_json::error::Category::Data => Err(Malformed::DuplicateKey),
+        Err(_) => Err(Malformed::NotJson),
+    }
+}
+
+/// A JSON value whose objects, at every depth, have each key once (compared
+/// after unescaping, so `"a"` and `"\u0061"` are one key).
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<UniqueKeys, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Value, E> {
+        Ok(Value::String(text.to_string()))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<Value, E> {
+        Ok(Value::String(text))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if fields.insert(key, value).is_some() {
+                return Err(de::Error::custom("a key appears more than once"));
+            }
+        }
+        Ok(Value::Object(fields))
     }
 }
 
@@ -220,6 +320,37 @@ mod tests {
         ));
         assert_eq!(query.int("after", 0, i64::MAX).unwrap(), Some(7));
         assert_eq!(query.int("missing", 0, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn a_key_given_twice_at_any_depth_is_refused() {
+        // (JSON, why)
+        let cases = [
+            (r#"{"a": 1, "a": 2}"#, "at the top"),
+            (r#"{"a": 1, "\u0061": 2}"#, "the same key escaped"),
+            (r#"{"x": {"b": true, "b": false}}"#, "in a nested object"),
+            (r#"{"x": [1, {"c": null, "c": null}]}"#, "in an object in an array"),
+            (r#"{"content": "hi", "type": "send", "content": "smuggled"}"#, "apart"),
+        ];
+        for (json, why) in cases {
+            assert_eq!(parse_object(json.as_bytes()), Err(Malformed::DuplicateKey), "{why}: {json}");
+        }
+        let refused = parse_body(br#"{"a": 1, "a": 1}"#).err().unwrap();
+        assert!(matches!(refused, ApiError::InvalidRequest { field: None, .. }), "{refused:?}");
+        let frame = parse_frame(br#"{"type": "ping", "type": "send"}"#).err().unwrap();
+        assert_eq!(frame.message(), "frame has a key more than once");
+    }
+
+    #[test]
+    fn distinct_keys_parse_as_serde_json_would() {
+        let json = r#"{"a": 1, "A": -2, "b": [1.5, "x", null, true, {"a": 18446744073709551615}], "c": {"a": "é\n"}}"#;
+        let fields = parse_object(json.as_bytes()).unwrap();
+        assert_eq!(Value::Object(fields), serde_json::from_str::<Value>(json).unwrap());
+        assert_eq!(parse_object(b"[1, 2]"), Err(Malformed::NotObject));
+        assert_eq!(parse_object(b"{\"a\": 1,}"), Err(Malformed::NotJson));
+        assert_eq!(parse_object(b"{\"a\": 1} x"), Err(Malformed::NotJson));
+        assert_eq!(parse_object(b"\xff"), Err(Malformed::NotJson));
+        assert_eq!(parse_frame(b"[]").err().unwrap().message(), "frame is not a JSON object");
     }
 
     #[test]

@@ -36,6 +36,7 @@ impl Jobs {
             let thread = format!("db-job-{idx}");
             watch.spawn(&thread.clone(), move || {
                 for job in jobs {
+                    db.begin();
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| job(&mut db))) {
                         log.error("job panicked", &[("thread", &thread), ("cause", &panic_message(panic.as_ref()))]);
                         db.disconnect();

@@ -12,6 +12,7 @@ pub mod model;
 pub mod log;
 mod error;
 mod ratelimit;
+mod forwarded;
 pub mod config;
 mod db;
 mod router;
@@ -45,7 +46,7 @@ mod tests {
     /// layers below its own, so no two modules import each other, however
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 11] = [
-        &["model", "log", "ratelimit"],
+        &["model", "log", "ratelimit", "forwarded"],
         &["error", "watch", "sequencer"],
         &["db", "router", "http", "directory"],
         &["store", "migrate"],

@@ -1,9 +1,14 @@
 //! The `messaging` binary: `serve`, or `migrate up | down [N] | status`.
 //! Everything else lives in the library; this file turns arguments into one
-//! call and a failure into one line on stderr and a non-zero exit.
+//! call and a failure into one line on stderr and a non-zero exit, and owns
+//! what belongs to the process: signals and the panic hook.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
+
+use crossbeam_channel::Receiver;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use messaging::config::Config;
 use messaging::log::Log;
@@ -30,16 +35,77 @@ fn main() -> ExitCode {
 
 fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|problems| problems.join("\nmessaging: "))?;
+    let log = Log::new(config.log);
+    let (was, limit) = raise_open_files_limit()?;
+    log.info("open files limit", &[("limit", &limit), ("was", &was), ("needed", &config.descriptors_needed())]);
+    config.check_descriptors(limit)?;
     let http = TcpListener::bind(&config.http_addr)
         .map_err(|e| format!("cannot listen on HTTP_ADDR {}: {e}", config.http_addr))?;
     let ws =
         TcpListener::bind(&config.ws_addr).map_err(|e| format!("cannot listen on WS_ADDR {}: {e}", config.ws_addr))?;
-    let log = Log::new(config.log);
     log_panics(log);
+    let stop = stop_on_signals(log)?;
     let running = server::start(config, http, ws)?;
     let (http, ws) = (format!("http://{}", running.http_addr()), format!("ws://{}/ws", running.ws_addr()));
     log.info("serving", &[("http", &http), ("ws", &ws)]);
-    running.wait().inspect_err(|cause| log.error("stopping", &[("cause", cause)]))
+    let stopped = running.wait(&stop);
+    match &stopped {
+        Ok(()) => log.info("stopped", &[]),
+        Err(cause) => log.error("stopping", &[("cause", cause)]),
+    }
+    stopped
+}
+
+/// Raises the soft limit on open files to the hard limit (a soft limit of
+/// 1024 is common, and every socket is a descriptor); returns the soft limit
+/// before and after. When raising fails, the old limit stays and the start-up
+/// check decides whether it is enough.
+fn raise_open_files_limit() -> Result<(u64, u64), String> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live one.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!("cannot read the open files limit: {}", std::io::Error::last_os_error()));
+    }
+    let was = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one `rlimit` through a pointer to a live one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not everywhere.
+    Ok((was as u64, limit.rlim_cur as u64))
+}
+
+/// SIGTERM or SIGINT asks for a graceful stop: a message on the returned
+/// channel, which `Running::wait` obeys. A second one ends the process at
+/// once, as the default action would have.
+///
+/// A signal handler may only do async-signal-safe work, which is easy to get
+/// subtly wrong by hand; signal-hook's handler just writes to a pipe, and the
+/// thread started here reads it like any other message.
+fn stop_on_signals(log: Log) -> Result<Receiver<()>, String> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle SIGTERM and SIGINT: {e}"))?;
+    let (requested, stop) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                let name = signal_hook::low_level::signal_name(signal).unwrap_or("a signal");
+                if stopping {
+                    log.warn("stopping at once", &[("signal", &name)]);
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                    std::process::exit(128 + signal);
+                }
+                stopping = true;
+                log.info("stopping", &[("signal", &name)]);
+                let _ = requested.try_send(());
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(stop)
 }
 
 /// Panics go to the log as one logfmt line each, like everything else; the

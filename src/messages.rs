@@ -52,7 +52,8 @@ pub fn send_message(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<R
     }
 }
 
-/// Stores a message and publishes its event; shared by REST, WebSocket and seed routes.
+/// Stores a message and publishes its event; shared by REST, WebSocket and
+/// seed routes, so one budget per user (`MESSAGE_RATE`) covers them all.
 pub fn send(
     app: &App,
     db: &mut Db,
@@ -61,6 +62,9 @@ pub fn send(
     content: &str,
     client_id: Option<&str>,
 ) -> Result<Sent, ApiError> {
+    if let Err(retry_after_secs) = app.limits.messages.take(&user_id) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let sql = &mut db.sql()?;
     if let Some(client_id) = client_id {
         if let Some(message) = store::find_message_by_client_id(sql, chat_id, user_id, client_id)? {

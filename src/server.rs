@@ -6,16 +6,16 @@
 //! log one line. A panic answers `500` and costs the worker only its
 //! database connection, which it opens again on the next request.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{select, Receiver};
 
 use crate::accounts;
-use crate::app::{App, Ctx};
+use crate::app::{App, Ctx, Limits};
 use crate::auth;
 use crate::chats;
 use crate::config::Config;
@@ -33,13 +33,13 @@ use crate::migrate;
 use crate::notify::Notifier;
 use crate::ops;
 use crate::presence::{self, Presence};
-use crate::ratelimit::FailureLimiter;
 use crate::router::{self, Route};
 use crate::watch::{panic_message, Stop, Watch};
 use crate::ws;
 
 /// A started server. Dropping it stops the server: workers finish their
-/// requests, WebSockets are closed with 1001, background threads end.
+/// requests, WebSockets are closed with 1001, background threads end, all
+/// within `SHUTDOWN_GRACE`.
 pub struct Running {
     app: Arc<App>,
     process_id: i64,
@@ -48,6 +48,7 @@ pub struct Running {
     workers: Vec<JoinHandle<()>>,
     /// The names of watched threads that died.
     deaths: Receiver<String>,
+    sockets: ws::Sockets,
 }
 
 impl Running {
@@ -59,14 +60,22 @@ impl Running {
         self.ws_addr
     }
 
-    /// Blocks while the server runs; it does not stop on its own, so this
-    /// returns only when a watched thread died, saying which.
-    pub fn wait(mut self) -> Result<(), String> {
-        let thread = self.deaths.recv().map_err(|_| "the watch of threads ended".to_string())?;
-        // A worker held by a client that never finishes its request must not
-        // keep a broken process alive: the workers are left, not joined.
-        self.workers.clear();
-        Err(format!("the {thread} thread died; stopping so that a supervisor restarts the server"))
+    /// Blocks while the server runs, then stops it: `Ok` when a stop was
+    /// requested on `stop` (a message, or its sender dropped; `main` sends
+    /// one on SIGTERM or SIGINT), an error naming the watched thread that died.
+    pub fn wait(mut self, stop: &Receiver<()>) -> Result<(), String> {
+        select! {
+            recv(self.deaths) -> died => match died {
+                Ok(thread) => {
+                    // A worker held by a client that never finishes its request must
+                    // not keep a broken process alive: the workers are left, not joined.
+                    self.workers.clear();
+                    Err(format!("the {thread} thread died; stopping so that a supervisor restarts the server"))
+                }
+                Err(_) => Ok(()),
+            },
+            recv(stop) -> _ => Ok(()),
+        }
     }
 
     /// Stops the server and waits for the HTTP workers.
@@ -74,15 +83,58 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// Stops accepting, lets the workers finish the requests they hold and
+    /// those already queued, closes WebSockets with 1001 and waits for their
+    /// close frames to go out, then forgets this process's presence rows.
+    /// Each wait ends at the grace deadline, so a process stopped by a signal
+    /// exits in time whatever it was waiting for (a frozen database, say).
     fn drop(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.app.stop.set();
         self.app.hub.shutdown();
         // Wakes the WebSocket accept loop so it sees the flag.
-        let _ = std::net::TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
+        let mut busy_workers = 0;
         for worker in std::mem::take(&mut self.workers) {
-            let _ = worker.join();
+            match wait_until(deadline, || worker.is_finished()) {
+                true => drop(worker.join()),
+                false => busy_workers += 1,
+            }
         }
-        presence::forget_process(&self.app.config.database_url, self.process_id);
+        wait_until(deadline, || self.sockets.open() == 0);
+        let (url, process_id) = (self.app.config.database_url.clone(), self.process_id);
+        if let Ok(forgetting) = std::thread::Builder::new()
+            .name("forget-process".into())
+            .spawn(move || presence::forget_process(&url, process_id))
+        {
+            wait_until(deadline.max(Instant::now() + FORGET_AT_LEAST), || forgetting.is_finished());
+        }
+        let open_sockets = self.sockets.open();
+        if busy_workers > 0 || open_sockets > 0 {
+            let fields: [(&str, &dyn std::fmt::Display); 2] = [("workers", &busy_workers), ("sockets", &open_sockets)];
+            self.app.log.warn("stopped before everything finished", &fields);
+        }
+    }
+}
+
+/// How long stopping may wait for requests and WebSockets to finish; a
+/// supervisor's stop timeout (systemd's is 90 s, Kubernetes' 30 s) and the
+/// issue's 10 s both leave room for it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
+
+/// The least time stopping gives the presence rows to be deleted.
+const FORGET_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// Polls `done` until it holds (`true`) or `deadline` passes (`false`).
+fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -120,7 +172,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     presence::start(presence.clone(), Db::new(url)?, stop.clone(), &watch)?;
     let app = Arc::new(App {
         log,
-        login_failures: FailureLimiter::new(config.rate_limits),
+        limits: Limits::new(&config),
         decoy_password_hash: OnceLock::new(),
         ws_url: format!("ws://{ws_addr}/ws"),
         presence,
@@ -130,7 +182,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         stop,
         config,
     });
-    ws::listen(app.clone(), ws_listener, &watch)?;
+    let sockets = ws::listen(app.clone(), ws_listener, &watch)?;
     let mut workers = Vec::new();
     for idx in 0..app.config.workers {
         let (http, app) = (http.clone(), app.clone());
@@ -138,16 +190,25 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         let worker = watch.spawn(&format!("http-{idx}"), move || {
             while !app.stop.is_set() {
                 match http.recv_timeout(RECV_TICK) {
-                    Ok(Some(request)) => handle(&app, &mut db, request),
+                    Ok(Some(request)) => {
+                        db.begin();
+                        handle(&app, &mut db, request)
+                    }
                     Ok(None) => {}
                     // tiny_http's accept thread has ended: no request will come again.
                     Err(error) => return app.log.error("HTTP accept failed", &[("error", &error)]),
                 }
             }
+            // Stopping: what tiny_http has already read is answered too. The
+            // last worker to end drops the server, which closes the listener.
+            while let Ok(Some(request)) = http.try_recv() {
+                db.begin();
+                handle(&app, &mut db, request);
+            }
         })?;
         workers.push(worker);
     }
-    Ok(Running { app, process_id, http_addr, ws_addr, workers, deaths })
+    Ok(Running { app, process_id, http_addr, ws_addr, workers, deaths, sockets })
 }
 
 /// One request, start to finish. Never panics out: the worker lives on.

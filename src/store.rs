@@ -169,12 +169,6 @@ fn like_escape(text: &str) -> String {
     text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
-/// Succeeds when the database answers.
-pub fn ping(sql: &mut Sql<impl GenericClient>) -> Result<(), ApiError> {
-    sql.query_one("SELECT 1", &[])?;
-    Ok(())
-}
-
 // Chats, members, messages and the event log. Every function that appends an
 // event takes the seq from `take_seq` (or takes it itself) in the same
 // transaction, so the chat row's lock orders the log.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,11 +28,13 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 use crate::app::App;
 use crate::auth;
 use crate::error::ApiError;
+use crate::forwarded;
 use crate::http::{self, Query};
 use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
 use crate::log::{self, Level};
 use crate::messages::{self, Sent};
 use crate::model::{ChatId, Session, UserId};
+use crate::ratelimit::{Held, TokenBucket};
 use crate::store;
 use crate::watch::Watch;
 
@@ -50,10 +52,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TYPING_EVERY: Duration = Duration::from_millis(300);
 /// Close code meaning "the close handshake is done; just end the socket".
 const CLOSE_QUIETLY: u16 = 1;
+/// The `Retry-After` of a handshake refused because a user or an address
+/// holds as many WebSockets as it may: a guess, since only a close frees one.
+const PLACES_RETRY_AFTER_SECS: u64 = 10;
 
 /// Starts the watched thread that accepts WebSocket connections.
-pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<(), String> {
+pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<Sockets, String> {
     let endpoint = Arc::new(Endpoint { app, next_conn: AtomicU64::new(1), open: AtomicUsize::new(0) });
+    let sockets = Sockets(endpoint.clone());
     watch
         .spawn("ws-accept", move || {
             let log = endpoint.app.log;
@@ -65,10 +71,11 @@ pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<(),
                     Ok(stream) => {
                         // Dropping the stream closes it: the client may try again later.
                         let Some(slot) = Slot::take(&endpoint) else { continue };
+                        let Ok(handshaking) = handshake_place(&endpoint.app, &stream) else { continue };
                         let spawned = std::thread::Builder::new()
                             .name("ws-read".into())
                             .stack_size(STACK_SIZE)
-                            .spawn(move || serve(Arc::new(slot), stream));
+                            .spawn(move || serve(Arc::new(slot), stream, handshaking));
                         if let Err(error) = spawned {
                             log.error(
                                 "cannot start a WebSocket thread",
@@ -84,7 +91,29 @@ pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<(),
                 }
             }
         })
-        .map(drop)
+        .map(|_| sockets)
+}
+
+/// A place among the handshakes in flight from the stream's peer, held
+/// until its handshake ends; `Ok(None)` for a trusted proxy, which carries
+/// many clients and is not limited here; `Err` when the peer has no place left.
+fn handshake_place(app: &App, stream: &TcpStream) -> Result<Option<Held<String>>, ()> {
+    match stream.peer_addr().map(|addr| addr.ip()) {
+        Ok(peer) if !app.config.trusted_proxies.contains(peer) => {
+            app.limits.ws_handshakes.enter(forwarded::limit_key(peer)).map(Some).ok_or(())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What stopping needs to know of the endpoint: whether connections are still open.
+pub struct Sockets(Arc<Endpoint>);
+
+impl Sockets {
+    /// Connections not yet fully closed, handshakes included.
+    pub fn open(&self) -> usize {
+        self.0.open.load(Ordering::SeqCst)
+    }
 }
 
 /// What the accept thread shares with the connections it starts.
@@ -121,6 +150,15 @@ impl Drop for Slot {
 struct Authorized {
     session: Session,
     protocol: Protocol,
+    places: Places,
+}
+
+/// The connection's places among its address's and its user's WebSockets,
+/// held until it closes.
+#[derive(Default)]
+struct Places {
+    _address: Option<Held<String>>,
+    _user: Option<Held<UserId>>,
 }
 
 /// A connection the hub knows, with its presence recorded and its `ready`
@@ -134,17 +172,25 @@ struct Opened {
     chats: Vec<(ChatId, i64)>,
     /// Whether this is the user's only connection anywhere.
     first: bool,
+    places: Places,
 }
 
 /// One connection, on its reader thread, from handshake to close.
-fn serve(slot: Arc<Slot>, stream: TcpStream) {
+///
+/// Reader and writer share one `TcpStream` (`&TcpStream` reads and writes)
+/// rather than a `try_clone`, so a connection costs one descriptor, which
+/// is what the start-up check of the open-files limit counts.
+fn serve(slot: Arc<Slot>, stream: TcpStream, handshaking: Option<Held<String>>) {
     let app = &slot.endpoint.app;
-    let Ok(write_half) = stream.try_clone() else { return };
+    let stream = Arc::new(stream);
+    let write_half = stream.clone();
     let conn = slot.endpoint.next_conn.fetch_add(1, Ordering::SeqCst);
     let (queue, frames) = Queue::new(app.config.ws_queue);
     let shared = Arc::new(ConnShared::default());
     let (socket, opened) = handshake(app, stream, conn, &queue, &shared);
-    let Some(opened) = opened else { return };
+    drop(handshaking);
+    let Some(mut opened) = opened else { return };
+    let _places = std::mem::take(&mut opened.places);
     let (user_id, protocol) = (opened.session.user.id, opened.protocol);
     if let Some(mut socket) = socket {
         socket.get_mut().replies = Some(queue.clone());
@@ -168,11 +214,12 @@ fn serve(slot: Arc<Slot>, stream: TcpStream) {
 /// opened connection if it was opened (which `close` must then undo).
 fn handshake(
     app: &Arc<App>,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     conn: hub::ConnId,
     queue: &Queue,
     shared: &Arc<ConnShared>,
 ) -> (Option<WebSocket<ReadSide>>, Option<Opened>) {
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
@@ -186,7 +233,7 @@ fn handshake(
     let mut opened = None;
     // tungstenite's callback type fixes the large `ErrorResponse`.
     #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| match authorize(app, request)
+    let callback = |request: &Request, response: Response| match authorize(app, request, peer)
         .and_then(|who| open(app, conn, who, queue, shared))
     {
         Ok(connection) => {
@@ -216,7 +263,7 @@ fn open(
     queue: &Queue,
     shared: &Arc<ConnShared>,
 ) -> Result<Opened, ApiError> {
-    let Authorized { session, protocol } = authorized;
+    let Authorized { session, protocol, places } = authorized;
     let user_id = session.user.id;
     let registration =
         Registration { conn, user_id, session_id: session.id, protocol, queue: queue.clone(), shared: shared.clone() };
@@ -237,12 +284,12 @@ fn open(
         Ok(Some((first, store::list_chat_seqs(&mut db.sql()?, user_id)?)))
     });
     match snapshot {
-        Ok(Some((first, chats))) => Ok(Opened { session, protocol, chats, first }),
+        Ok(Some((first, chats))) => Ok(Opened { session, protocol, chats, first, places }),
         // Its session ended while it was opening: like every socket of an
         // ended session, it is closed with 4001, right after the upgrade.
         Ok(None) => {
             shared.close(hub::CLOSE_LOGGED_OUT);
-            Ok(Opened { session, protocol, chats: Vec::new(), first: false })
+            Ok(Opened { session, protocol, chats: Vec::new(), first: false, places })
         }
         Err(error) => {
             app.hub.unregister(conn);
@@ -256,7 +303,7 @@ fn open(
 /// Sends the `ready` frame, then lets the hub route the user's chats to the
 /// connection, and announces the user if it just came online.
 fn subscribe(app: &Arc<App>, conn: hub::ConnId, opened: Opened, queue: &Queue) {
-    let Opened { session, protocol, chats, first } = opened;
+    let Opened { session, protocol, chats, first, .. } = opened;
     app.log.debug("WebSocket open", &[("conn", &conn), ("user", &session.user.id), ("chats", &chats.len())]);
     if protocol == Protocol::Current {
         let listed: Vec<_> =
@@ -288,8 +335,12 @@ fn close(app: &Arc<App>, conn: hub::ConnId, user_id: UserId, queue: &Queue, shar
     }
 }
 
-/// Checks the path, origin and credential inside the handshake.
-fn authorize(app: &Arc<App>, request: &Request) -> Result<Authorized, ApiError> {
+/// Checks the path, origin and credential inside the handshake, and takes
+/// the connection's places among its address's and its user's WebSockets.
+fn authorize(app: &Arc<App>, request: &Request, peer: Option<IpAddr>) -> Result<Authorized, ApiError> {
+    if app.stop.is_set() {
+        return Err(ApiError::unavailable("the server is stopping"));
+    }
     if request.uri().path() != "/ws" {
         return Err(ApiError::NotFound);
     }
@@ -298,6 +349,16 @@ fn authorize(app: &Arc<App>, request: &Request) -> Result<Authorized, ApiError> 
     if !allowed.is_empty() && !origin.is_some_and(|origin| allowed.iter().any(|a| a == origin)) {
         return Err(ApiError::Forbidden("origin not allowed"));
     }
+    let no_place = ApiError::RateLimited { retry_after_secs: PLACES_RETRY_AFTER_SECS };
+    let address_place = match peer {
+        Some(peer) => {
+            let forwarded_for: Vec<&str> =
+                request.headers().get_all("X-Forwarded-For").iter().filter_map(|v| v.to_str().ok()).collect();
+            let client = app.config.trusted_proxies.client(peer, &forwarded_for);
+            Some(app.limits.ws_per_address.enter(forwarded::limit_key(client)).ok_or(no_place)?)
+        }
+        None => None,
+    };
     let query = Query::parse(&request.uri().to_string());
     let authorization = request.headers().get("Authorization").and_then(|h| h.to_str().ok());
     let session = match (auth::bearer_token(authorization), query.get("ticket")) {
@@ -322,6 +383,11 @@ fn authorize(app: &Arc<App>, request: &Request) -> Result<Authorized, ApiError> 
         (None, None) => None,
     };
     let session = session.ok_or(ApiError::Unauthorized)?;
+    let user_place = app
+        .limits
+        .ws_per_user
+        .enter(session.user.id)
+        .ok_or(ApiError::RateLimited { retry_after_secs: PLACES_RETRY_AFTER_SECS })?;
     let protocol = match query.get("chat_id") {
         None => Protocol::Current,
         Some(chat_id) => {
@@ -331,7 +397,7 @@ fn authorize(app: &Arc<App>, request: &Request) -> Result<Authorized, ApiError> 
             Protocol::Seed(chat_id)
         }
     };
-    Ok(Authorized { session, protocol })
+    Ok(Authorized { session, protocol, places: Places { _address: address_place, _user: Some(user_place) } })
 }
 
 /// The handshake's refusal: the contract's error body with its status.
@@ -356,13 +422,19 @@ fn read(
 ) {
     let mut last_heard = Instant::now();
     let mut last_typing = HashMap::new();
+    let mut frame_budget = app.limits.ws_frames.map(|rate| (rate, TokenBucket::full(rate, last_heard)));
     while shared.close_code().is_none() {
         match socket.read() {
             Ok(Message::Text(text)) => {
                 last_heard = Instant::now();
-                let answer = match protocol {
-                    Protocol::Current => answer(app, conn, user_id, text.as_bytes(), &mut last_typing),
-                    Protocol::Seed(chat_id) => answer_seed(app, conn, user_id, chat_id, text.as_bytes()),
+                let over_budget = frame_budget.as_mut().and_then(|(rate, bucket)| bucket.take(*rate, last_heard).err());
+                let answer = match (over_budget, protocol) {
+                    (Some(wait), _) => {
+                        let retry_after_secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                        Some(ApiError::RateLimited { retry_after_secs }.to_frame(None))
+                    }
+                    (None, Protocol::Current) => answer(app, conn, user_id, text.as_bytes(), &mut last_typing),
+                    (None, Protocol::Seed(chat_id)) => answer_seed(app, conn, user_id, chat_id, text.as_bytes()),
                 };
                 if let Some(answer) = answer {
                     if !queue.offer(hub::text_frame(&answer.to_string())) {
@@ -378,6 +450,7 @@ fn read(
                 }
             }
             Err(WsError::Capacity(_)) => shared.close(u16::from(CloseCode::Size)),
+            Err(WsError::Utf8(_)) => shared.close(u16::from(CloseCode::Invalid)),
             Err(WsError::Protocol(_)) => shared.close(u16::from(CloseCode::Protocol)),
             Err(_) => return,
         }
@@ -392,9 +465,9 @@ fn answer(
     frame: &[u8],
     last_typing: &mut HashMap<ChatId, Instant>,
 ) -> Option<serde_json::Value> {
-    let body = match http::parse_body(frame) {
+    let body = match http::parse_frame(frame) {
         Ok(body) => body,
-        Err(_) => return Some(ApiError::malformed("frame is not a JSON object").to_frame(None)),
+        Err(error) => return Some(error.to_frame(None)),
     };
     let client_id = body.opt_str("client_id").ok().flatten().map(String::from);
     let outcome = match body.str("type") {
@@ -468,7 +541,8 @@ fn answer_seed(
 
 /// The writer's loop: whole frames out, a ping every `PING_EVERY`, and the
 /// close frame when asked.
-fn write(mut stream: TcpStream, frames: &Receiver<Out>, shared: &ConnShared) {
+fn write(socket: Arc<TcpStream>, frames: &Receiver<Out>, shared: &ConnShared) {
+    let mut stream = &*socket;
     let mut last_ping = Instant::now();
     loop {
         match shared.close_code() {
@@ -528,7 +602,7 @@ fn control_frame(frame: Frame) -> Vec<u8> {
 /// handshake's reply, then tungstenite's automatic pongs and close replies)
 /// go to the stream until the writer's queue exists, then to the queue.
 struct ReadSide {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     replies: Option<Queue>,
     /// The whole handshake must be done by then, however slowly the client
     /// trickles its bytes in (the socket's timeout bounds only each read).
@@ -540,14 +614,14 @@ impl Read for ReadSide {
         if self.handshake_deadline.is_some_and(|deadline| Instant::now() > deadline) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake took too long"));
         }
-        self.stream.read(buf)
+        (&*self.stream).read(buf)
     }
 }
 
 impl Write for ReadSide {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &self.replies {
-            None => self.stream.write(buf),
+            None => (&*self.stream).write(buf),
             Some(queue) => {
                 // A full queue means the connection is being closed as lagging; the reply can go.
                 queue.offer(buf.to_vec().into());
@@ -558,7 +632,7 @@ impl Write for ReadSide {
 
     fn flush(&mut self) -> io::Result<()> {
         match &self.replies {
-            None => self.stream.flush(),
+            None => (&*self.stream).flush(),
             Some(_) => Ok(()),
         }
     }

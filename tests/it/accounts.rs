@@ -548,8 +548,23 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 
 // ---- Login rate limits ------------------------------------------------------
 
+/// `POST /api/sessions` through a proxy that says the client is `client`.
+fn login_via(app: &TestApp, client: &str, login: &str, password: &str) -> Resp {
+    let body = serde_json::to_vec(&json!({ "login": login, "password": password })).unwrap();
+    let headers = [("Content-Type", "application/json"), ("X-Forwarded-For", client)];
+    request(app.http_addr, "POST", "/api/sessions", &headers, &body)
+}
+
+/// Asserts a `429 rate_limited` whose `Retry-After` is within the 5-minute window.
+fn check_limited(resp: &Resp, what: &str) {
+    assert_eq!(resp.status, 429, "{what}:\n{}", resp.describe());
+    check_error(resp, 429, "rate_limited", None);
+    let retry_after: u64 = resp.header("Retry-After").unwrap().trim().parse().unwrap();
+    assert!((1..=300).contains(&retry_after), "{what}: Retry-After {retry_after} is outside 1..=300 s");
+}
+
 #[test]
-fn the_eleventh_failed_login_for_one_login_is_rate_limited() {
+fn the_eleventh_failed_login_for_one_login_from_one_address_is_rate_limited_there_only() {
     let dual = spawn_dual_stack_app(&[]);
     let has_v6 = dual.is_some();
     let app = dual.unwrap_or_else(spawn_app);
@@ -564,38 +579,69 @@ fn the_eleventh_failed_login_for_one_login_is_rate_limited() {
     }
     let resp = app.login(&user.username, "wrong password!");
 
-    check_error(&resp, 429, "rate_limited", None);
-    let retry_after: u64 = resp.header("Retry-After").unwrap().trim().parse().unwrap();
-    assert!((1..=300).contains(&retry_after), "Retry-After {retry_after} is outside 1..=300 s");
-    let resp = app.login(&user.username, PASSWORD);
-    check_error(&resp, 429, "rate_limited", None);
+    check_limited(&resp, "the eleventh failure of one login from one address");
+    check_limited(&app.login(&user.username, PASSWORD), "the right password from that address");
+    check_limited(&app.login(&user.username.to_uppercase(), PASSWORD), "the login in other case");
+    app.login("other", PASSWORD).assert_status(201, "another login from the same address");
     if has_v6 {
-        // From another address the same login is still limited; another login is not.
-        let resp = login_from(v6(&app), &user.username, PASSWORD);
-        check_error(&resp, 429, "rate_limited", None);
-        login_from(v6(&app), "other", PASSWORD).assert_status(201, "another login from another address");
+        login_from(v6(&app), &user.username, PASSWORD).assert_status(201, "the same login from another address");
     }
 }
 
 #[test]
-fn the_eleventh_failed_login_from_one_address_is_rate_limited() {
-    let dual = spawn_dual_stack_app(&[]);
-    let has_v6 = dual.is_some();
-    let app = dual.unwrap_or_else(spawn_app);
+fn the_hundred_and_first_failed_login_from_one_address_is_rate_limited() {
+    let app = spawn_app_with(&[("TRUSTED_PROXIES", "127.0.0.1")]);
     let user = app.create_user();
 
-    for attempt in 1..=10 {
-        let resp = app.login(&format!("nobody{attempt}"), "wrong password!");
-        assert_eq!(resp.status, 401, "failed login {attempt}:\n{}", resp.describe());
-        check_error(&resp, 401, "invalid_credentials", None);
+    for attempt in 1..=100 {
+        let resp = login_via(&app, "203.0.113.9", &format!("nobody{attempt}"), "wrong password!");
+        assert_eq!(resp.status, 401, "failed login {attempt} of 100 from one address:\n{}", resp.describe());
     }
-    let resp = app.login("nobody11", "wrong password!");
+    let resp = login_via(&app, "203.0.113.9", "nobody101", "wrong password!");
 
-    check_error(&resp, 429, "rate_limited", None);
-    let resp = app.login(&user.username, PASSWORD);
-    check_error(&resp, 429, "rate_limited", None);
-    if has_v6 {
-        login_from(v6(&app), &user.username, PASSWORD).assert_status(201, "the same user from another address");
+    check_limited(&resp, "the 101st failure from one address");
+    check_limited(&login_via(&app, "203.0.113.9", &user.username, PASSWORD), "a right password from that address");
+    login_via(&app, "198.51.100.2", &user.username, PASSWORD).assert_status(201, "the user from another address");
+}
+
+#[test]
+fn a_victim_logs_in_with_the_right_password_while_an_attacker_elsewhere_is_rate_limited() {
+    let app = spawn_app_with(&[("TRUSTED_PROXIES", "127.0.0.1")]);
+    let victim = app.create_user();
+    let (attacker, home) = ("203.0.113.66", "198.51.100.20");
+
+    for attempt in 1..=10 {
+        let resp = login_via(&app, attacker, &victim.username, &format!("guess {attempt}"));
+        assert_eq!(resp.status, 401, "the attacker's guess {attempt}:\n{}", resp.describe());
+    }
+    check_limited(&login_via(&app, attacker, &victim.username, "guess 11"), "the attacker's eleventh guess");
+    check_limited(&login_via(&app, attacker, &victim.username, PASSWORD), "even the right password, from there");
+
+    login_via(&app, home, &victim.username, PASSWORD).assert_status(201, "the victim from home");
+    login_via(&app, home, &victim.email, PASSWORD).assert_status(201, "the victim from home, by email");
+    // The attacker spreads guesses over many addresses: no address reaches its
+    // limit, and the login alone is never locked.
+    for idx in 0..30 {
+        let resp = login_via(&app, &format!("192.0.2.{idx}"), &victim.username, "a guess");
+        assert_eq!(resp.status, 401, "a guess from 192.0.2.{idx}:\n{}", resp.describe());
+    }
+    login_via(&app, home, &victim.username, PASSWORD).assert_status(201, "the victim after 30 more guesses");
+}
+
+#[test]
+fn an_untrusted_peers_x_forwarded_for_is_ignored() {
+    for trusted in ["", "10.0.0.1"] {
+        let app = spawn_app_with(&[("TRUSTED_PROXIES", trusted)]);
+        let user = app.create_user();
+
+        for attempt in 1..=10 {
+            // A new forged address each time: were it believed, no pair would reach 10.
+            let resp = login_via(&app, &format!("198.51.100.{attempt}"), &user.username, "wrong password!");
+            assert_eq!(resp.status, 401, "TRUSTED_PROXIES={trusted:?}: failure {attempt}:\n{}", resp.describe());
+        }
+        let resp = login_via(&app, "198.51.100.99", &user.username, PASSWORD);
+
+        check_limited(&resp, &format!("TRUSTED_PROXIES={trusted:?}: the forged addresses all count as the peer's"));
     }
 }
 

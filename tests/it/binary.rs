@@ -10,12 +10,13 @@ use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::migrate::{empty_database, sql_dir, stems, SqlCopy};
 use crate::support::pg::connect;
+use crate::support::ws::connect_bearer;
 use crate::support::{fresh_database, random_hex, request, wait_for, TempDir};
 
 /// Every variable the binary reads; all are removed unless a test sets them.
@@ -30,8 +31,19 @@ const VARIABLES: &[&str] = &[
     "MAX_BODY_BYTES",
     "LOG",
     "RATE_LIMITS",
+    "TRUSTED_PROXIES",
     "WS_ALLOWED_ORIGINS",
     "WS_QUEUE",
+    "WS_MAX_CONNECTIONS",
+    "HTTP_MAX_CONNECTIONS",
+    "WS_MAX_PER_USER",
+    "WS_MAX_PER_ADDRESS",
+    "WS_HANDSHAKES_PER_ADDRESS",
+    "WS_FRAME_RATE",
+    "WS_FRAME_BURST",
+    "MESSAGE_RATE",
+    "MESSAGE_BURST",
+    "SIGNUP_RATE",
     "MIGRATIONS_DIR",
     "MESSAGING_FAULT",
 ];
@@ -89,6 +101,16 @@ impl Running {
         let what = format!("{} to exit", self.what);
         let status = wait_for(&what, timeout, || self.exited());
         Output { status, stdout: self.stdout(), stderr: self.stderr() }
+    }
+
+    /// Sends the child `signal` (`TERM`, `INT`, …) with kill(1).
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("{}: kill -{signal}: {e}", self.what));
+        assert!(status.success(), "{}: kill -{signal} failed ({status})", self.what);
     }
 
     /// The exit status, if the child has exited.
@@ -430,4 +452,148 @@ fn migrations_dir_names_a_directory_read_instead_of_the_built_in_migrations() {
         "the built-in migrations lack {extra}, so status says its file is missing:\n{}",
         built_in.describe()
     );
+}
+
+/// How long a stop asked for by a signal may take, from the signal to the exit.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Sends `signal` to a server holding a WebSocket and a request that waits on
+/// a row lock; the socket must get 1001, the request its answer, and the
+/// process must exit 0, all within `STOP_DEADLINE` of the signal.
+fn a_signal_stops_the_server_gracefully(signal: &str) {
+    let db_url = fresh_database();
+    let (server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url);
+    let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization));
+        }
+        request(http_addr, "POST", path, &headers, body.to_string().as_bytes())
+    };
+    let password = "correct horse battery";
+    post("/api/users", None, json!({ "username": "alice", "email": "a@example.com", "password": password }))
+        .assert_status(201, "signup");
+    let login = post("/api/sessions", None, json!({ "login": "alice", "password": password }));
+    let token = login.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string();
+    let chat = post("/api/chats", Some(&token), json!({ "is_group": true, "title": "t", "member_ids": [] }));
+    let chat_id = chat.assert_status(201, "create a chat").json()["id"].as_i64().expect("a chat id");
+    let mut ws = connect_bearer(ws_addr, &token).named("alice");
+    ws.recv_until(Duration::from_secs(5), "ready", |frame| frame["type"] == "ready");
+    // A send waits for the chat's row lock, which this transaction holds.
+    let mut holder = connect(&db_url);
+    let mut lock = holder.transaction().expect("begin");
+    lock.execute("SELECT id FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id]).expect("lock the chat row");
+    let in_flight = std::thread::spawn({
+        let token = token.clone();
+        move || {
+            let body = json!({ "content": "sent before the signal" }).to_string();
+            let authorization = format!("Bearer {token}");
+            let headers = [("Content-Type", "application/json"), ("Authorization", authorization.as_str())];
+            request(http_addr, "POST", &format!("/api/chats/{chat_id}/messages"), &headers, body.as_bytes())
+        }
+    });
+    let mut watcher = connect(&db_url);
+    wait_for("the send to wait for the row lock", Duration::from_secs(5), || {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'messaging' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .expect("read pg_stat_activity")
+            .get(0);
+        (waiting > 0).then_some(())
+    });
+
+    let signalled = Instant::now();
+    server.signal(signal);
+
+    let closed = ws.expect_close(STOP_DEADLINE, &format!("the server stopping on SIG{signal}"));
+    assert_eq!(closed.code, Some(1001), "SIG{signal}: the WebSocket is closed with 1001 (going away)");
+    lock.commit().expect("release the row lock");
+    let sent = in_flight.join().expect("the in-flight request's thread");
+    sent.assert_status(201, &format!("the send in flight when SIG{signal} arrived"));
+    let output = server.finish(STOP_DEADLINE.saturating_sub(signalled.elapsed()));
+    assert!(output.status.success(), "SIG{signal}: exit status 0:\n{}", output.describe());
+    assert!(signalled.elapsed() <= STOP_DEADLINE, "SIG{signal}: stopped in {:?}", signalled.elapsed());
+    let said = |msg: &str| {
+        output.stderr.lines().any(|line| line.contains(&format!("msg={msg} ")) || line.ends_with(&format!("msg={msg}")))
+    };
+    assert!(said("stopping") && output.stderr.contains(&format!("signal=SIG{signal}")), "{}", output.describe());
+    assert!(said("stopped"), "the log says it stopped:\n{}", output.describe());
+}
+
+#[test]
+fn sigterm_closes_websockets_with_1001_finishes_requests_and_exits_0() {
+    a_signal_stops_the_server_gracefully("TERM");
+}
+
+#[test]
+fn sigint_closes_websockets_with_1001_finishes_requests_and_exits_0() {
+    a_signal_stops_the_server_gracefully("INT");
+}
+
+/// `messaging serve` run by bash after lowering the open files limit to
+/// `soft` (soft) and `hard` (hard), with only `vars` of the configuration set.
+fn serve_under_open_files_limit(soft: u32, hard: u32, vars: &[(&str, &str)]) -> Running {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(r#"ulimit -Sn {soft} && ulimit -Hn {hard} && exec "$0" serve"#))
+        .arg(env!("CARGO_BIN_EXE_messaging"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for name in VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(vars.iter().copied());
+    Running::start(command, format!("messaging serve under ulimit -n {soft} (hard {hard}) with {vars:?}"))
+}
+
+#[test]
+fn serve_refuses_to_start_when_its_connections_do_not_fit_in_the_open_files_limit() {
+    let vars = [("DATABASE_URL", UNUSED_DATABASE_URL), ("SECRET_KEY", SECRET_KEY), ("LOG", "off")];
+
+    let output = serve_under_open_files_limit(1024, 2048, &vars).finish(EXIT_DEADLINE);
+
+    assert_failed_cleanly(&output, "serve with the default limits under 2048 open files");
+    let lines = output.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line:\n{}", output.describe());
+    for part in ["messaging: ", "2048", "WS_MAX_CONNECTIONS=10000", "HTTP_MAX_CONNECTIONS=1024"] {
+        assert!(lines[0].contains(part), "the line says {part:?}:\n{}", output.describe());
+    }
+}
+
+#[test]
+fn serve_raises_the_soft_open_files_limit_to_the_hard_one_and_logs_it() {
+    let db_url = fresh_database();
+    let http_addr = free_addr();
+    let (http, ws) = (http_addr.to_string(), free_addr().to_string());
+    let vars = [
+        ("DATABASE_URL", db_url.as_str()),
+        ("SECRET_KEY", SECRET_KEY),
+        ("HTTP_ADDR", http.as_str()),
+        ("WS_ADDR", ws.as_str()),
+        ("WORKERS", "2"),
+        ("WS_MAX_CONNECTIONS", "1500"),
+        ("HTTP_MAX_CONNECTIONS", "100"),
+        ("LOG", "info"),
+    ];
+
+    let mut server = serve_under_open_files_limit(1024, 2048, &vars);
+
+    wait_for("the server to accept connections", Duration::from_secs(10), || {
+        if let Some(status) = server.exited() {
+            panic!("serve exited early ({status}):\n{}", server.stderr());
+        }
+        TcpStream::connect(http_addr).ok()
+    });
+    let limits = fs::read_to_string(format!("/proc/{}/limits", server.child.id())).expect("read /proc/PID/limits");
+    let open_files = limits.lines().find(|line| line.starts_with("Max open files")).expect("a Max open files line");
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["2048", "2048"], "{open_files}");
+    let stderr = server.stderr();
+    let line = stderr.lines().find(|line| line.contains(r#"msg="open files limit""#));
+    let line = line.unwrap_or_else(|| panic!("no open files limit line:\n{stderr}"));
+    for part in ["level=info", "limit=2048", "was=1024", "needed=1771"] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
 }

@@ -22,6 +22,12 @@ mod events;
 mod legacy;
 // Contract section 6 and the `ws` row of section 8: WebSocket auth, frames, fan-out across processes, lag and logout.
 mod realtime;
+// Per-address and per-user limits: WebSockets per user and per address, handshakes in
+// flight, frames per connection, the message budget shared by REST and WebSocket, sign-ups.
+mod limits;
+// Database faults: connections killed by pg_terminate_backend, a restart, a frozen database
+// (and, with SOAK=1, one frozen for 20 seconds).
+mod faults;
 // The migration runner as a library: order, bookkeeping, rollback, checksums, file names, races.
 mod migrate;
 // The compiled binary: exit codes, one-line errors, `migrate` output, `serve` refusing or answering.

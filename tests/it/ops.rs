@@ -327,3 +327,19 @@ fn a_request_from_ipv6_loopback_is_served() {
     let name = format!("v{}", random_hex(4));
     assert_signup_still_possible(&app, &name);
 }
+
+#[test]
+fn a_body_with_a_key_given_twice_is_400_whichever_copy_would_count() {
+    let app = spawn_app();
+    let bodies = [
+        r#"{"username": "first", "email": "a@example.com", "password": "correct horse battery", "username": "second"}"#,
+        r#"{"username": "first", "email": "a@example.com", "password": "correct horse battery", "\u0075sername": "x"}"#,
+        r#"{"username": "first", "email": "a@example.com", "password": "correct horse battery", "x": {"y": 1, "y": 2}}"#,
+    ];
+    for body in bodies {
+        let resp = app.raw("POST", "/api/users", &[("Content-Type", "application/json")], body.as_bytes());
+
+        check_error(&resp, 400, "invalid_request", None);
+    }
+    app.post("/api/users", None, signup_body("first")).assert_status(201, "no account was made from those");
+}

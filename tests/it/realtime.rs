@@ -720,6 +720,37 @@ fn a_binary_frame_closes_the_connection_with_1003() {
 }
 
 #[test]
+fn a_text_frame_of_invalid_utf8_closes_the_connection_with_1007() {
+    let app = spawn_app();
+    let alice = app.create_user();
+    let (mut ws, _) = connect_ready(&app, &alice, "alice");
+
+    let bytes = b"{\"type\": \"ping\", \"x\": \"\xff\xfe\"}".to_vec();
+    let _ = ws.send(Message::Frame(Frame::message(bytes, OpCode::Data(OpData::Text), true)));
+
+    let closed = ws.expect_close(SOON, "after a text frame of invalid UTF-8");
+    assert!(closed.close_frame && closed.code == Some(1007), "expected a Close frame with 1007, got {closed:?}");
+}
+
+#[test]
+fn a_frame_with_a_key_given_twice_is_refused_with_invalid_request() {
+    let app = spawn_app();
+    let alice = app.create_user();
+    let chat_id = id_of(&create_group(&app, &alice, "Twice", &[]));
+    let (mut ws, _) = connect_ready(&app, &alice, "alice");
+
+    let frame = format!(r#"{{"type": "send", "chat_id": {chat_id}, "content": "seen", "content": "stored"}}"#);
+    ws.send(Message::text(frame)).expect("send the frame");
+
+    let error = ws.recv_until(SOON, "the answer to the frame", |f| f["type"] != "event");
+    assert_eq!((&error["type"], &error["code"]), (&json!("error"), &json!("invalid_request")), "{error}");
+    assert!(error.get("field").is_none(), "no one field is at fault: {error}");
+    ws.ping_pong(SOON, "the connection stays open");
+    let (messages, _) = history(&app, &alice, chat_id, "");
+    assert!(messages.is_empty(), "nothing was stored: {messages:?}");
+}
+
+#[test]
 fn a_text_message_over_64_kib_closes_the_connection_with_1009() {
     let app = spawn_app();
     let alice = app.create_user();

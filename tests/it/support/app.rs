@@ -54,6 +54,11 @@ pub fn spawn_app_on_listeners(db_url: &str, vars: &[(&str, &str)], http: TcpList
         ("PASSWORD_ITERATIONS", "1000"),
         ("LOG", "error"),
         ("WORKERS", "4"),
+        // Tests send hundreds of messages and sign up dozens of users in a
+        // second; tests/it/limits.rs sets these budgets back where it checks them.
+        ("MESSAGE_RATE", "1000000"),
+        ("MESSAGE_BURST", "1000000"),
+        ("SIGNUP_RATE", "1000000"),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value.to_string()))

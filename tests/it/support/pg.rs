@@ -256,6 +256,42 @@ impl PrivateCluster {
     }
 }
 
+impl PrivateCluster {
+    /// Stops every process of the cluster with SIGSTOP, the way a frozen
+    /// host looks from outside: sockets stay open and nothing answers.
+    /// Dropping the guard thaws them.
+    pub fn freeze(&self) -> Frozen {
+        let pid_file = self.dir.join("data/postmaster.pid");
+        let text = fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("read {}: {e}", pid_file.display()));
+        let postmaster = text.lines().next().unwrap_or("").trim().to_string();
+        let children = fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
+            .unwrap_or_else(|e| panic!("list the children of postmaster {postmaster}: {e}"));
+        // The postmaster first, so that it forks no one new meanwhile.
+        let mut pids = vec![postmaster];
+        pids.extend(children.split_whitespace().map(String::from));
+        kill("STOP", &pids);
+        Frozen { pids }
+    }
+}
+
+/// A frozen cluster's processes, sent SIGCONT on drop.
+#[allow(dead_code)]
+pub struct Frozen {
+    pids: Vec<String>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        kill("CONT", &self.pids);
+    }
+}
+
+/// `kill -SIGNAL PIDS…`, by process id only.
+fn kill(signal: &str, pids: &[String]) {
+    let status = Command::new("kill").arg(format!("-{signal}")).args(pids).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -{signal} {pids:?} failed: {status:?}");
+}
+
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.watchdog.finish();
