@@ -341,22 +341,20 @@ fn serve_with_pending_migrations_exits_non_zero_saying_to_run_make_migrate() {
 
 /// Starts `messaging serve` in the working directory `dir` on free ports, and
 /// waits until it accepts connections on `HTTP_ADDR`.
-pub(crate) fn serve_in(dir: &Path, db_url: &str) -> (Running, SocketAddr, SocketAddr) {
+pub(crate) fn serve_in(dir: &Path, db_url: &str, extra: &[(&str, &str)]) -> (Running, SocketAddr, SocketAddr) {
     let (http_addr, ws_addr) = (free_addr(), free_addr());
     let (http, ws) = (http_addr.to_string(), ws_addr.to_string());
-    let mut server = Running::spawn_in(
-        dir,
-        &["serve"],
-        &[
-            ("DATABASE_URL", db_url),
-            ("SECRET_KEY", SECRET_KEY),
-            ("HTTP_ADDR", &http),
-            ("WS_ADDR", &ws),
-            ("WORKERS", "2"),
-            ("PASSWORD_ITERATIONS", "1000"),
-            ("LOG", "info"),
-        ],
-    );
+    let mut vars = vec![
+        ("DATABASE_URL", db_url),
+        ("SECRET_KEY", SECRET_KEY),
+        ("HTTP_ADDR", &http),
+        ("WS_ADDR", &ws),
+        ("WORKERS", "2"),
+        ("PASSWORD_ITERATIONS", "1000"),
+        ("LOG", "info"),
+    ];
+    vars.extend_from_slice(extra);
+    let mut server = Running::spawn_in(dir, &["serve"], &vars);
     wait_for("the server to accept connections on HTTP_ADDR", Duration::from_secs(10), || {
         if let Some(status) = server.exited() {
             panic!("serve exited early ({status}):\n{}", server.stderr());
@@ -370,7 +368,7 @@ pub(crate) fn serve_in(dir: &Path, db_url: &str) -> (Running, SocketAddr, Socket
 fn serve_on_a_migrated_database_answers_healthz_on_the_configured_ports() {
     let db_url = fresh_database();
 
-    let (mut server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url);
+    let (mut server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url, &[]);
 
     let resp = request(http_addr, "GET", "/healthz", &[], b"");
     resp.assert_status(200, "GET /healthz on the binary");
@@ -415,7 +413,7 @@ fn migrate_and_serve_from_an_empty_working_directory_use_the_migrations_built_in
     assert_eq!(status_after_down.stdout_lines(), want, "status after down 1:\n{}", status_after_down.describe());
     assert_eq!(up_again.stdout_lines(), lines("applied: ", &newest), "up again:\n{}", up_again.describe());
 
-    let (server, http_addr, _) = serve_in(cwd, &db_url);
+    let (server, http_addr, _) = serve_in(cwd, &db_url, &[]);
 
     let resp = request(http_addr, "GET", "/healthz", &[], b"");
     resp.assert_status(200, "GET /healthz on the binary started in an empty directory");
@@ -462,7 +460,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// process must exit 0, all within `STOP_DEADLINE` of the signal.
 fn a_signal_stops_the_server_gracefully(signal: &str) {
     let db_url = fresh_database();
-    let (server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url);
+    let (server, http_addr, ws_addr) = serve_in(Path::new(env!("CARGO_MANIFEST_DIR")), &db_url, &[]);
     let post = |path: &str, token: Option<&str>, body: serde_json::Value| {
         let authorization = token.map(|token| format!("Bearer {token}"));
         let mut headers = vec![("Content-Type", "application/json")];

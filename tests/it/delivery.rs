@@ -43,6 +43,9 @@ const ANTI_ENTROPY: Duration = Duration::from_secs(5);
 /// How long a socket may stay open after its session was logged out.
 const LOGOUT_CLOSE: Duration = Duration::from_secs(3);
 
+/// The longest a whole traffic run may take before its followers stop.
+const GIVE_UP: Duration = Duration::from_secs(180);
+
 /// How long a step of a lock choreography may take to show up.
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -744,9 +747,17 @@ type Targets = HashMap<i64, BTreeMap<i64, i64>>;
 
 /// Where followers stop once traffic is over: their targets, and the
 /// moment by which they must hold them.
-#[derive(Default)]
 struct Finish {
     targets: Mutex<Option<(Targets, Instant)>>,
+    /// When followers stop whatever happened (a sender stuck, a panic in
+    /// another thread), so the test fails with what they saw instead of hanging.
+    give_up: Instant,
+}
+
+impl Default for Finish {
+    fn default() -> Finish {
+        Finish { targets: Mutex::new(None), give_up: Instant::now() + GIVE_UP }
+    }
 }
 
 impl Finish {
@@ -756,6 +767,9 @@ impl Finish {
 
     /// Whether `follower` is done: it holds every target, or time is up.
     fn reached(&self, follower: &Follower) -> bool {
+        if Instant::now() >= self.give_up {
+            return true;
+        }
         let guard = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         let Some((targets, deadline)) = guard.as_ref() else { return false };
         Instant::now() >= *deadline
@@ -1120,7 +1134,8 @@ fn three_processes_deliver_every_event_exactly_once_through_traffic_reconnects_a
     const PER_SENDER: usize = 200;
     const NAMES: [&str; 3] = ["A", "B", "C"];
     let db_url = fresh_database();
-    let procs: Vec<TestApp> = NAMES.iter().map(|_| spawn_app_on(&db_url, &[])).collect();
+    // Delivery is under test here, not the per-address and per-user limits.
+    let procs: Vec<TestApp> = NAMES.iter().map(|_| spawn_app_on(&db_url, &[("RATE_LIMITS", "off")])).collect();
     let n = procs.len();
     let other = |p: usize, k: usize| &procs[(p + k) % n];
     let owner = procs[0].create_user();
@@ -1244,9 +1259,9 @@ fn receivers_on_the_survivor_get_every_message_once_in_order_after_the_other_bin
     const MANY: usize = 100_000;
     let db_url = fresh_database();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (victim_process, http, ws) = serve_in(root, &db_url);
+    let (victim_process, http, ws) = serve_in(root, &db_url, &[("RATE_LIMITS", "off")]);
     let victim = TestApp::attach(http, ws, &db_url);
-    let (_survivor_process, http, ws) = serve_in(root, &db_url);
+    let (_survivor_process, http, ws) = serve_in(root, &db_url, &[("RATE_LIMITS", "off")]);
     let survivor = TestApp::attach(http, ws, &db_url);
     let owner = survivor.create_user();
     let victim_rest: Vec<TestUser> = (0..VICTIM_CHATS).map(|_| survivor.create_user()).collect();
