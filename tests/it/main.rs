@@ -30,3 +30,6 @@ mod binary;
 mod logs;
 // The README's curl walkthrough, run verbatim against a fresh server.
 mod readme;
+// The HTTP port under hostile clients: the hardening issue's probes as raw bytes, each refused or
+// answered while the workers live on; vendor/tiny_http/PATCHES.md names the test behind each patch.
+mod hostile;

@@ -6,6 +6,7 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::mpsc::Receiver;
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
@@ -34,7 +35,15 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // the previous request's body: how much of it is left unread once its reader is dropped,
+    // and whether its client waits for `100 Continue` before sending it (project patch 1)
+    unread_body: Option<(Receiver<usize>, bool)>,
 }
+
+/// The most of a body left unread that is discarded to keep its connection; more closes
+/// the connection instead (project patch 1).
+const MAX_DISCARD: usize = 64 * 1024;
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
@@ -65,6 +74,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            unread_body: None,
         }
     }
 
@@ -104,6 +114,25 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        // what the previous request's handler left of its body is discarded here, a few KiB at
+        // a time, or the connection is closed: when that is over MAX_DISCARD, when the client
+        // may be holding it back until `100 Continue`, or when it does not arrive (project patch 1)
+        if let Some((unread, expects_continue)) = self.unread_body.take() {
+            let closed = || ReadError::ReadIoError(IoError::new(ErrorKind::ConnectionAborted, "body left unread"));
+            let mut remaining = unread.recv().map_err(|_| closed())?;
+            if remaining > 0 && (expects_continue || remaining > MAX_DISCARD) {
+                return Err(closed());
+            }
+            let mut buf = [0; 4096];
+            while remaining > 0 {
+                let len = remaining.min(buf.len());
+                match self.next_header_source.read(&mut buf[..len]) {
+                    Ok(0) | Err(_) => return Err(closed()),
+                    Ok(read) => remaining -= read,
+                }
+            }
+        }
+
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
@@ -144,7 +173,7 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
-        let request = crate::request::new_request(
+        let mut request = crate::request::new_request(
             self.secure,
             method,
             path,
@@ -163,6 +192,7 @@ impl ClientConnection {
                 }
             }
         })?;
+        self.unread_body = request.unread_body.take(); // (project patch 1)
 
         // return the request
         Ok(request)

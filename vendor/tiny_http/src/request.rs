@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +74,11 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // how much of the body is left unread when its reader is dropped, and whether the
+    // client waits for `100 Continue` before sending it: for the connection's thread,
+    // which discards the rest or closes the connection (project patch 1)
+    pub(crate) unread_body: Option<(Receiver<usize>, bool)>,
 }
 
 struct NotifyOnDrop<R> {
@@ -183,6 +188,8 @@ where
         }
     };
 
+    let mut unread_body = None;
+
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
     let reader = if connection_upgrade {
@@ -212,7 +219,8 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (data_reader, unread) = EqualReader::new(source_data, content_length); // TODO:
+            unread_body = Some((unread, expects_continue)); // (project patch 1)
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -238,6 +246,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        unread_body,
     })
 }
 

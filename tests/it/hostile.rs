@@ -1,0 +1,240 @@
+//! Hostile clients on the HTTP port: the raw bytes that once broke the server
+//! (the hardening issue's probes), each refused or answered with the right
+//! status while the process and its workers live on.
+//!
+//! Every test writes its bytes on a plain `TcpStream` and ends by checking
+//! that an honest `GET /healthz` is still answered within a second. The fixes
+//! are patches to the vendored tiny_http; `vendor/tiny_http/PATCHES.md` names
+//! the test that fails without each one.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::support::{check_error, spawn_app, Resp, TestApp};
+
+/// How long an honest request may take while hostile ones are in the server.
+const HONEST: Duration = Duration::from_secs(1);
+/// How long a test waits for an answer or a close it expects.
+const ANSWER: Duration = Duration::from_secs(5);
+/// How many hostile connections a probe opens: twice the harness's `WORKERS`.
+const CROWD: usize = 8;
+
+/// One raw connection: exactly the bytes a test writes, and its answers read
+/// one at a time, each before a deadline.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes received and not yet parsed into a response.
+    pending: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect_timeout(&addr, ANSWER).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_write_timeout(Some(ANSWER)).expect("set a write timeout");
+        Conn { stream, pending: Vec::new() }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads what has arrived, waiting until `deadline` at most: `Ok(0)` at the end of the stream.
+    fn fill(&mut self, deadline: Instant) -> std::io::Result<usize> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk)?;
+        self.pending.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// The next response, or why none came within `within`.
+    fn response(&mut self, within: Duration) -> Result<Resp, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some((resp, used)) = parse(&self.pending)? {
+                self.pending.drain(..used);
+                return Ok(resp);
+            }
+            match self.fill(deadline) {
+                Ok(0) => return Err(format!("the connection closed ({} bytes unparsed)", self.pending.len())),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(format!("no complete answer within {within:?} ({} bytes so far)", self.pending.len()))
+                }
+                Err(e) => return Err(format!("the connection failed: {e}")),
+            }
+        }
+    }
+
+    /// Asserts that the server closes this connection within `within`, and
+    /// returns the bytes that arrived before the close.
+    fn assert_closed(&mut self, within: Duration, what: &str) -> Vec<u8> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => return std::mem::take(&mut self.pending),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("{what}: the server kept the connection open for {within:?}")
+                }
+                // A reset: the server closed with bytes of ours unread.
+                Err(_) => return std::mem::take(&mut self.pending),
+            }
+        }
+    }
+}
+
+/// Parses one response from the start of `raw`: `None` until it is complete,
+/// else the response and the number of bytes it took.
+fn parse(raw: &[u8]) -> Result<Option<(Resp, usize)>, String> {
+    let Some(head_end) = find(raw, b"\r\n\r\n") else { return Ok(None) };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = match status_line.split(' ').collect::<Vec<_>>()[..] {
+        [version, status, ..] if version.starts_with("HTTP/1.") => {
+            status.parse::<u16>().map_err(|_| format!("a bad status line {status_line:?}"))?
+        }
+        _ => return Err(format!("a bad status line {status_line:?}")),
+    };
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let rest = &raw[head_end + 4..];
+    let (body, used) = if (100..200).contains(&status) || status == 204 || status == 304 {
+        (Vec::new(), 0)
+    } else if header("Transfer-Encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        match decode_chunked(rest)? {
+            Some(decoded) => decoded,
+            None => return Ok(None),
+        }
+    } else if let Some(length) = header("Content-Length") {
+        let length: usize = length.parse().map_err(|_| format!("a bad Content-Length {length:?}"))?;
+        if rest.len() < length {
+            return Ok(None);
+        }
+        (rest[..length].to_vec(), length)
+    } else {
+        return Err(format!("a response without a length:\n{head}"));
+    };
+    Ok(Some((Resp { status, headers, body }, head_end + 4 + used)))
+}
+
+/// Decodes a chunked body at the start of `raw`: `None` until its last chunk
+/// has arrived, else the body and the number of bytes it took.
+fn decode_chunked(raw: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let (mut body, mut at) = (Vec::new(), 0);
+    loop {
+        let Some(line_end) = find(&raw[at..], b"\r\n") else { return Ok(None) };
+        let size_text = String::from_utf8_lossy(&raw[at..at + line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("a bad chunk size {size_text:?}"))?;
+        at += line_end + 2;
+        if raw.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&raw[at..at + size]);
+        at += size + 2;
+        if size == 0 {
+            return Ok(Some((body, at)));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// Asserts that an honest `GET /healthz` on a new connection is answered
+/// `200` within `HONEST`: the process and at least one worker are alive.
+fn assert_healthy(app: &TestApp, after: &str) {
+    let mut conn = Conn::open(app.http_addr);
+    conn.send(b"GET /healthz HTTP/1.1\r\nHost: honest\r\nConnection: close\r\n\r\n")
+        .unwrap_or_else(|e| panic!("after {after}: cannot send GET /healthz: {e}"));
+    let resp = conn.response(HONEST).unwrap_or_else(|e| panic!("after {after}: GET /healthz: {e}"));
+    resp.assert_status(200, &format!("GET /healthz after {after}"));
+}
+
+/// Opens a connection and sends `request` on it.
+fn send(app: &TestApp, request: &str) -> Conn {
+    let mut conn = Conn::open(app.http_addr);
+    conn.send(request.as_bytes()).unwrap_or_else(|e| panic!("cannot send {request:?}: {e}"));
+    conn
+}
+
+// See: the hardening issue, probe 1. tiny_http discarded an unread body by
+// allocating all of its declared length, so this aborted the process.
+#[test]
+fn a_petabyte_content_length_is_answered_without_allocating_it() {
+    let app = spawn_app();
+
+    let mut conn = send(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n");
+
+    let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("GET /healthz declaring a petabyte body: {e}"));
+    resp.assert_status(200, "GET /healthz declaring a petabyte body");
+    conn.assert_closed(ANSWER, "a petabyte left unread");
+    assert_healthy(&app, "a petabyte Content-Length");
+}
+
+// See: the hardening issue, probe 2. A length of 2^63 or more overflowed the
+// allocation's capacity: a panic outside catch_unwind that killed the worker.
+#[test]
+fn content_lengths_of_2_to_the_63_and_more_kill_no_worker() {
+    let app = spawn_app();
+
+    for length in ["18446744073709551615", "9223372036854775808"].repeat(5) {
+        let mut conn = send(&app, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"));
+
+        let what = format!("GET /healthz declaring {length} bytes");
+        conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(200, &what);
+        conn.assert_closed(ANSWER, &what);
+    }
+
+    assert_healthy(&app, "ten Content-Lengths of 2^63 and more");
+}
+
+// See: the hardening issue, probe 3. The unread body was discarded on the
+// worker, which waited for bytes the client never sent.
+#[test]
+fn gets_declaring_bodies_they_never_send_hold_no_worker() {
+    let app = spawn_app();
+
+    let mut held = Vec::new();
+    for idx in 0..CROWD {
+        let mut conn = send(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+        let what = format!("GET /healthz #{idx} declaring a body it never sends");
+        conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(200, &what);
+        held.push(conn);
+    }
+
+    assert_healthy(&app, "GETs declaring bodies they never send");
+}
+
+// See: the hardening issue, probe 3. The handler refused the body from its
+// declared length, then the worker waited for the body the client held back.
+#[test]
+fn expect_100_continue_with_a_body_over_the_limit_gets_413_and_no_100_continue() {
+    let app = spawn_app();
+    let request = "POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                   Expect: 100-continue\r\nContent-Length: 10000000\r\n\r\n";
+
+    for idx in 0..CROWD {
+        let mut conn = send(&app, request);
+
+        let what = format!("POST #{idx} expecting 100-continue for 10 MB");
+        let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_error(&resp, 413, "payload_too_large", None);
+        conn.assert_closed(ANSWER, &what);
+    }
+
+    assert_healthy(&app, "bodies over the limit behind Expect: 100-continue");
+}
