@@ -238,3 +238,82 @@ fn expect_100_continue_with_a_body_over_the_limit_gets_413_and_no_100_continue()
 
     assert_healthy(&app, "bodies over the limit behind Expect: 100-continue");
 }
+
+/// A request that a proxy in front could take for part of the body before it.
+const HIDDEN: &str = "GET /healthz HTTP/1.1\r\nHost: hidden\r\n\r\n";
+
+/// Asserts that `conn` got `status` with the contract's error `code`, then
+/// was closed without answering anything else (no hidden request ran).
+fn assert_refused_alone(conn: &mut Conn, status: u16, code: &str, what: &str) {
+    let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(resp.status, status, "{what}: expected {status}, got:\n{}", resp.describe());
+    check_error(&resp, status, code, None);
+    let after = conn.assert_closed(ANSWER, what);
+    assert!(after.is_empty(), "{what}: answered more after the refusal:\n{}", String::from_utf8_lossy(&after));
+}
+
+/// A row of `ambiguous_framing_is_refused_and_the_hidden_request_never_runs`:
+/// what it is, its framing headers, its body, the status and code it gets.
+type FramingCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+
+// See: the hardening issue, probe 5 (request smuggling). Each row hides a
+// request in bytes that a proxy in front could take for the body; tiny_http
+// ran it (it read `+2` as 2, ignored `-1` and `5x`, and decoded `gzip` as
+// chunked, leaving an unread chunked body to be parsed as the next request).
+#[test]
+fn ambiguous_framing_is_refused_and_the_hidden_request_never_runs() {
+    let app = spawn_app();
+    let hidden_length = HIDDEN.len().to_string();
+    let cases: &[FramingCase] = &[
+        (
+            "two Content-Lengths",
+            &[("Content-Length", "0"), ("Content-Length", &hidden_length)],
+            HIDDEN,
+            400,
+            "invalid_request",
+        ),
+        (
+            "two equal Content-Lengths",
+            &[("Content-Length", "0"), ("Content-Length", "0")],
+            HIDDEN,
+            400,
+            "invalid_request",
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+            HIDDEN,
+            400,
+            "invalid_request",
+        ),
+        ("Content-Length: 5x", &[("Content-Length", "5x")], HIDDEN, 400, "invalid_request"),
+        ("Content-Length: -1", &[("Content-Length", "-1")], HIDDEN, 400, "invalid_request"),
+        ("Content-Length: +2", &[("Content-Length", "+2")], &format!("{{}}{HIDDEN}"), 400, "invalid_request"),
+        ("an empty Content-Length", &[("Content-Length", "")], HIDDEN, 400, "invalid_request"),
+        ("Content-Length: 0, 0", &[("Content-Length", "0, 0")], HIDDEN, 400, "invalid_request"),
+        ("Transfer-Encoding: gzip", &[("Transfer-Encoding", "gzip")], HIDDEN, 400, "invalid_request"),
+        (
+            "two Transfer-Encodings",
+            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+            HIDDEN,
+            400,
+            "invalid_request",
+        ),
+        (
+            "a Content-Length past 2^64",
+            &[("Content-Length", "99999999999999999999999")],
+            HIDDEN,
+            413,
+            "payload_too_large",
+        ),
+    ];
+
+    for (what, headers, body, status, code) in cases {
+        let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        let mut conn = send(&app, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n{body}"));
+
+        assert_refused_alone(&mut conn, *status, code, what);
+    }
+
+    assert_healthy(&app, "ambiguous framing");
+}

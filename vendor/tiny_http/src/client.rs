@@ -2,16 +2,16 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, Cursor, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::mpsc::Receiver;
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Request, Response};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -53,6 +53,8 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// refused with this status and message, then closed (project patch 2)
+    Refused(u16, &'static str),
 }
 
 impl ClientConnection {
@@ -165,6 +167,10 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // a body's length must be beyond doubt, or a proxy in front and this server could
+        // disagree on where the next request starts (project patch 2)
+        check_framing(&headers)?;
+
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
@@ -252,6 +258,15 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::ReadIoError(_)) => return None,
 
+                Err(ReadError::Refused(status, message)) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = refusal(status, message);
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // (project patch 2)
+                }
+
                 Ok(rq) => rq,
             };
 
@@ -293,6 +308,53 @@ impl Iterator for ClientConnection {
             return Some(rq);
         }
     }
+}
+
+/// Refuses a request whose body's length is in doubt: more than one `Content-Length`, one
+/// that is not plain decimal digits, one beside a `Transfer-Encoding`, or a `Transfer-Encoding`
+/// other than a single `chunked` (project patch 2).
+fn check_framing(headers: &[Header]) -> Result<(), ReadError> {
+    let values = |name| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+            .collect()
+    };
+    let refuse = |message| Err(ReadError::Refused(400, message));
+    match (&values("Content-Length")[..], &values("Transfer-Encoding")[..]) {
+        ([], []) => Ok(()),
+        ([length], []) if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) => {
+            refuse("Content-Length must be plain decimal digits")
+        }
+        ([length], []) if length.parse::<usize>().is_err() => {
+            Err(ReadError::Refused(413, "Content-Length is too large"))
+        }
+        ([_], []) => Ok(()),
+        ([], [encoding]) if encoding.eq_ignore_ascii_case("chunked") => Ok(()),
+        ([], [_]) => refuse("Transfer-Encoding must be chunked"),
+        (_, []) => refuse("a request must not have more than one Content-Length"),
+        ([], _) => refuse("a request must not have more than one Transfer-Encoding"),
+        (_, _) => refuse("a request must not have both Content-Length and Transfer-Encoding"),
+    }
+}
+
+/// A refusal of the project's own: the status, and the application's error body
+/// `{"error":{"code":...,"message":...}}`, so that clients read every error one way
+/// (project patch 2).
+pub(crate) fn refusal(status: u16, message: &str) -> Response<Cursor<Vec<u8>>> {
+    let code = match status {
+        413 => "payload_too_large",
+        503 => "unavailable",
+        _ => "invalid_request",
+    };
+    let body = format!(
+        "{{\"error\":{{\"code\":\"{}\",\"message\":\"{}\"}}}}",
+        code, message
+    );
+    Response::from_data(body)
+        .with_status_code(status)
+        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap())
 }
 
 /// Parses a "HTTP/1.1" string.
