@@ -317,3 +317,23 @@ fn ambiguous_framing_is_refused_and_the_hidden_request_never_runs() {
 
     assert_healthy(&app, "ambiguous framing");
 }
+
+// See: the hardening issue, probe 5. The handler stopped reading a chunked
+// body one byte past the limit; tiny_http parsed the rest of the chunk as the
+// next request.
+#[test]
+fn a_chunked_body_over_the_limit_ends_its_connection() {
+    let app = spawn_app();
+    let past_limit = "a".repeat(65536 + 1);
+    let chunk = format!("{past_limit}{HIDDEN}");
+    let request = format!(
+        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+
+    let mut conn = send(&app, &request);
+
+    assert_refused_alone(&mut conn, 413, "payload_too_large", "a chunked body over the limit");
+    assert_healthy(&app, "a chunked body over the limit");
+}

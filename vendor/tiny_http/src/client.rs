@@ -304,6 +304,12 @@ impl Iterator for ClientConnection {
                 _ => (),
             };
 
+            // a chunked body is never discarded: what its handler left unread could hold
+            // anything, so it ends the connection (project patch 3)
+            if rq.headers().iter().any(|h| h.field.equiv("Transfer-Encoding")) {
+                self.no_more_requests = true;
+            }
+
             // returning the request
             return Some(rq);
         }
