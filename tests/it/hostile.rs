@@ -337,3 +337,25 @@ fn a_chunked_body_over_the_limit_ends_its_connection() {
     assert_refused_alone(&mut conn, 413, "payload_too_large", "a chunked body over the limit");
     assert_healthy(&app, "a chunked body over the limit");
 }
+
+// See: the hardening issue, probe 3. With `Connection: upgrade`, tiny_http
+// handed the handler the raw socket as the body, so reading the body waited
+// for the client to hang up.
+#[test]
+fn a_post_with_connection_upgrade_is_framed_by_its_content_length() {
+    let app = spawn_app();
+    let request = "POST /api/sessions HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+                   Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+    let mut held = Vec::new();
+    for idx in 0..CROWD {
+        let mut conn = send(&app, request);
+
+        let what = format!("POST #{idx} with Connection: upgrade");
+        let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_error(&resp, 400, "invalid_request", Some("login"));
+        held.push(conn);
+    }
+
+    assert_healthy(&app, "POSTs with Connection: upgrade");
+}
