@@ -359,3 +359,75 @@ fn a_post_with_connection_upgrade_is_framed_by_its_content_length() {
 
     assert_healthy(&app, "POSTs with Connection: upgrade");
 }
+
+/// Sends `request` on a new connection without minding a write that fails
+/// (the server may refuse and close before it has read everything), and
+/// returns the connection to read the answer from.
+fn send_regardless(app: &TestApp, request: &[u8]) -> Conn {
+    let mut conn = Conn::open(app.http_addr);
+    let _ = conn.send(request);
+    conn
+}
+
+// See: the hardening issue, probe 6. tiny_http read request lines and
+// headers of any size into memory.
+#[test]
+fn a_request_line_over_8_kib_is_414() {
+    let app = spawn_app();
+    let long_path = format!("/{}", "a".repeat(100 * 1024));
+
+    let mut conn = send_regardless(&app, format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+
+    assert_refused_alone(&mut conn, 414, "invalid_request", "a 100 KiB request line");
+    assert_healthy(&app, "a 100 KiB request line");
+}
+
+// See: the hardening issue, probe 6.
+#[test]
+fn headers_over_32_kib_or_100_lines_are_431() {
+    let app = spawn_app();
+    let many_small: String = (0..10_000).map(|idx| format!("X-{idx}: {idx}\r\n")).collect();
+    let forty_of_1_kib: String = (0..40).map(|idx| format!("X-{idx}: {}\r\n", "b".repeat(1024))).collect();
+    let cases = [
+        ("a 1 MiB header", format!("X-Big: {}\r\n", "b".repeat(1024 * 1024))),
+        ("forty 1 KiB headers", forty_of_1_kib),
+        ("10,000 headers", many_small),
+        ("101 headers", (0..100).map(|idx| format!("X-{idx}: {idx}\r\n")).collect()),
+    ];
+
+    for (what, headers) in cases {
+        let mut conn = send_regardless(&app, format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes());
+
+        assert_refused_alone(&mut conn, 431, "invalid_request", what);
+    }
+
+    let hundred: String = (0..99).map(|idx| format!("X-{idx}: {idx}\r\n")).collect();
+    let mut conn = send(&app, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{hundred}\r\n"));
+    let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("100 headers: {e}"));
+    resp.assert_status(200, "exactly 100 headers are allowed");
+    assert_healthy(&app, "oversized headers");
+}
+
+// See: the hardening issue, probe 6: four unfinished 64 MiB header lines
+// took the server from 7.5 to 270 MB.
+#[test]
+fn unfinished_64_mib_header_lines_are_refused_without_reading_them() {
+    let app = spawn_app();
+    let chunk = vec![b'c'; 64 * 1024];
+
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut conn = Conn::open(app.http_addr);
+        conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Unfinished: ").expect("send the start of a header");
+        let mut writer = conn.stream.try_clone().expect("clone the stream");
+        let chunk = chunk.clone();
+        // Writes until 64 MiB are out or the server closes; never the end of the line.
+        std::thread::spawn(move || (0..1024).try_for_each(|_| writer.write_all(&chunk)));
+        conns.push(conn);
+    }
+
+    for (idx, conn) in conns.iter_mut().enumerate() {
+        assert_refused_alone(conn, 431, "invalid_request", &format!("unfinished header line #{idx}"));
+    }
+    assert_healthy(&app, "four unfinished 64 MiB header lines");
+}

@@ -45,6 +45,12 @@ pub struct ClientConnection {
 /// the connection instead (project patch 1).
 const MAX_DISCARD: usize = 64 * 1024;
 
+/// The longest request line, the most bytes of header lines and the most headers a request
+/// may have; more is refused with 414 or 431 and the connection closed (project patch 5).
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+const MAX_HEADERS: usize = 100;
+
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
@@ -55,6 +61,12 @@ enum ReadError {
     ReadIoError(IoError),
     /// refused with this status and message, then closed (project patch 2)
     Refused(u16, &'static str),
+}
+
+impl From<IoError> for ReadError {
+    fn from(err: IoError) -> ReadError {
+        ReadError::ReadIoError(err) // (project patch 5)
+    }
 }
 
 impl ClientConnection {
@@ -89,7 +101,9 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    /// A line longer than `limit` is refused with `too_long`: memory is never spent
+    ///  on more (project patch 5).
+    fn read_next_line(&mut self, limit: usize, too_long: ReadError) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -98,13 +112,17 @@ impl ClientConnection {
 
             let byte = match byte {
                 Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF").into()),
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
                 return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII").into());
+            }
+
+            if buf.len() > limit {
+                return Err(too_long); // (project patch 5)
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -138,7 +156,10 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(
+                    MAX_REQUEST_LINE,
+                    ReadError::Refused(414, "the request line is longer than 8192 bytes"),
+                )?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -148,12 +169,21 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                // what the header lines may still take, their CRLFs included (project patch 5)
+                let mut header_bytes_left = MAX_HEADER_BYTES;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(
+                        header_bytes_left,
+                        ReadError::Refused(431, "the headers are larger than 32768 bytes"),
+                    )?;
 
                     if line.is_empty() {
                         break;
                     };
+                    header_bytes_left = header_bytes_left.saturating_sub(line.len() + 2);
+                    if headers.len() == MAX_HEADERS {
+                        return Err(ReadError::Refused(431, "a request must not have more than 100 headers"));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
