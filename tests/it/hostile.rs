@@ -11,7 +11,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{check_error, spawn_app, Resp, TestApp};
+use crate::support::{check_error, spawn_app, wait_for, Resp, TestApp};
 
 /// How long an honest request may take while hostile ones are in the server.
 const HONEST: Duration = Duration::from_secs(1);
@@ -430,4 +430,35 @@ fn unfinished_64_mib_header_lines_are_refused_without_reading_them() {
         assert_refused_alone(conn, 431, "invalid_request", &format!("unfinished header line #{idx}"));
     }
     assert_healthy(&app, "four unfinished 64 MiB header lines");
+}
+
+// See: the hardening issue, probe 4. tiny_http parsed a client's pipelined
+// requests while answering the first, so every worker took one of them and
+// waited to write after the one before, which waited for a client that never
+// read; an honest request queued behind the rest.
+#[test]
+fn a_client_pipelining_large_gets_and_never_reading_holds_one_worker_at_most() {
+    let app = spawn_app();
+    let (request, _) = large_history(&app);
+
+    let conn = send(&app, &request.repeat(300));
+
+    wait_for("the first answers to arrive", ANSWER, || conn.stream.peek(&mut [0; 1]).ok().filter(|n| *n > 0));
+    assert_healthy(&app, "300 pipelined GETs whose answers are never read");
+}
+
+/// A chat with 100 messages of 4000 characters, and a request that reads all
+/// of them (400 KB), on a connection kept alive.
+fn large_history(app: &TestApp) -> (String, i64) {
+    let user = app.create_user();
+    let chat_id = crate::chats::create_group(app, &user, "long", &[])["id"].as_i64().expect("a chat id");
+    let content = "x".repeat(4000);
+    for _ in 0..100 {
+        crate::messages::send(app, &user, chat_id, &content);
+    }
+    let request = format!(
+        "GET /api/chats/{chat_id}/messages?limit=100 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        user.token
+    );
+    (request, chat_id)
 }
