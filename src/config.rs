@@ -27,6 +27,8 @@ pub struct Config {
     pub ws_queue: usize,
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
+    /// What one HTTP connection may cost: the `HTTP_*` timeouts, enforced by the patched tiny_http.
+    pub http_limits: tiny_http::Limits,
     /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
     pub migrations: migrate::Source,
     /// A test-only fault: the named watched thread panics soon after it
@@ -62,6 +64,9 @@ impl Config {
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
+        let head_timeout = get("HTTP_HEAD_TIMEOUT_SECS", "10");
+        let idle_timeout = get("HTTP_IDLE_TIMEOUT_SECS", "60");
+        let body_timeout = get("HTTP_BODY_TIMEOUT_SECS", "30");
         let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
@@ -96,6 +101,11 @@ impl Config {
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
+            http_limits: tiny_http::Limits {
+                head_timeout: seconds(&mut problems, "HTTP_HEAD_TIMEOUT_SECS", &head_timeout, 3600),
+                idle_timeout: seconds(&mut problems, "HTTP_IDLE_TIMEOUT_SECS", &idle_timeout, 86400),
+                body_timeout: seconds(&mut problems, "HTTP_BODY_TIMEOUT_SECS", &body_timeout, 3600),
+            },
             migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
         };
@@ -105,6 +115,11 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// Parses a whole number of seconds from 1 to `max`, or records why not.
+fn seconds(problems: &mut Vec<String>, name: &str, value: &str, max: u64) -> Duration {
+    Duration::from_secs(number(problems, name, value, 1, max))
 }
 
 /// Parses a whole number within bounds, or records why not.
@@ -144,6 +159,9 @@ mod tests {
         assert!(config.rate_limits);
         assert_eq!(config.ws_queue, 1024);
         assert_eq!(config.ws_max_connections, 10000);
+        assert_eq!(config.http_limits.head_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.http_limits.body_timeout, Duration::from_secs(30));
         assert_eq!(config.migrations, migrate::Source::Embedded);
     }
 

@@ -11,7 +11,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{check_error, spawn_app, wait_for, Resp, TestApp};
+use crate::support::{check_error, spawn_app, spawn_app_with, wait_for, Resp, TestApp};
 
 /// How long an honest request may take while hostile ones are in the server.
 const HONEST: Duration = Duration::from_secs(1);
@@ -487,4 +487,87 @@ fn keep_alive_clients_starting_together_are_all_answered() {
         }
     }
     assert_healthy(&app, "keep-alive clients starting together");
+}
+
+/// Writes `first`, then `then` every 100 ms for up to ten seconds, from a
+/// thread of its own that stops at the first failed write: a slow client.
+fn trickle(conn: &Conn, first: &'static [u8], then: &'static [u8]) {
+    let mut writer = conn.stream.try_clone().expect("clone the stream");
+    std::thread::spawn(move || {
+        writer.write_all(first)?;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            writer.write_all(then)?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+}
+
+// See: the hardening issue, probe 7. Nothing bounded how long a head could
+// take, so a client trickling one header line at a time held its connection
+// (and its thread) for as long as it liked.
+#[test]
+fn a_head_that_trickles_in_is_cut_at_the_head_deadline_with_408() {
+    let app = spawn_app_with(&[("HTTP_HEAD_TIMEOUT_SECS", "1")]);
+    let conn = Conn::open(app.http_addr);
+
+    trickle(&conn, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-More: a\r\n");
+
+    let mut conn = conn;
+    let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("a trickling head: {e}"));
+    resp.assert_status(408, "a head still arriving after HTTP_HEAD_TIMEOUT_SECS");
+    conn.assert_closed(ANSWER, "a trickling head");
+    assert_healthy(&app, "a trickling head");
+}
+
+// See: the hardening issue, probe 7: ~10,100 idle connections, each with a
+// thread, exhausted the descriptors.
+#[test]
+fn a_connection_that_never_sends_a_request_is_closed_quietly_at_the_head_deadline() {
+    let app = spawn_app_with(&[("HTTP_HEAD_TIMEOUT_SECS", "1")]);
+    let mut conn = Conn::open(app.http_addr);
+
+    let got = conn.assert_closed(ANSWER, "a connection that sends nothing");
+
+    assert!(got.is_empty(), "a connection that never began a request got:\n{}", String::from_utf8_lossy(&got));
+    assert_healthy(&app, "a connection that sends nothing");
+}
+
+// See: the hardening issue, probe 7.
+#[test]
+fn an_idle_keep_alive_connection_is_closed_quietly_after_the_idle_timeout() {
+    let app = spawn_app_with(&[("HTTP_IDLE_TIMEOUT_SECS", "1")]);
+    let mut conn = send(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    conn.response(ANSWER).unwrap_or_else(|e| panic!("GET /healthz: {e}")).assert_status(200, "GET /healthz");
+
+    let got = conn.assert_closed(ANSWER, "an idle keep-alive connection");
+
+    assert!(got.is_empty(), "an idle connection got:\n{}", String::from_utf8_lossy(&got));
+    assert_healthy(&app, "an idle keep-alive connection");
+}
+
+// See: the hardening issue, probe 3: a body declared and never sent held its
+// reader until the client hung up.
+#[test]
+fn a_body_that_never_arrives_is_cut_at_the_body_deadline() {
+    let app = spawn_app_with(&[("HTTP_BODY_TIMEOUT_SECS", "1"), ("MAX_BODY_BYTES", "200000")]);
+    let post = |length: usize| {
+        format!(
+            "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+        )
+    };
+
+    // A small body is read before the request reaches a worker: tiny_http answers 408.
+    let mut small = send(&app, &post(1000));
+    let resp = small.response(ANSWER).unwrap_or_else(|e| panic!("a small body never sent: {e}"));
+    resp.assert_status(408, "a small body still missing after HTTP_BODY_TIMEOUT_SECS");
+    small.assert_closed(ANSWER, "a small body never sent");
+
+    // A large one is read by the handler, which cannot read it: 400, then the connection closes.
+    let mut large = send(&app, &post(150_000));
+    let resp = large.response(ANSWER).unwrap_or_else(|e| panic!("a large body never sent: {e}"));
+    check_error(&resp, 400, "invalid_request", None);
+    large.assert_closed(ANSWER, "a large body never sent");
+
+    assert_healthy(&app, "bodies that never arrive");
 }

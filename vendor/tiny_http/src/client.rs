@@ -9,9 +9,9 @@ use std::str::FromStr;
 use std::sync::mpsc::Receiver;
 
 use crate::common::{HTTPVersion, Header, Method};
-use crate::util::RefinedTcpStream;
+use crate::util::{Deadline, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::{Request, Response};
+use crate::{Limits, Request, Response};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -39,6 +39,13 @@ pub struct ClientConnection {
     // the previous request's body: how much of it is left unread once its reader is dropped,
     // and whether its client waits for `100 Continue` before sending it (project patch 1)
     unread_body: Option<(Receiver<usize>, bool)>,
+
+    // the deadline every read of this connection obeys, the limits that set it, whether a
+    // request was read before, and whether the current one is yet to begin (project patch 8)
+    deadline: Deadline,
+    limits: Limits,
+    kept_alive: bool,
+    awaiting_request: bool,
 }
 
 /// The most of a body left unread that is discarded to keep its connection; more closes
@@ -74,9 +81,11 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let deadline = read_socket.deadline();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -89,6 +98,10 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             unread_body: None,
+            deadline,
+            limits,
+            kept_alive: false,
+            awaiting_request: false,
         }
     }
 
@@ -115,6 +128,15 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF").into()),
             };
+
+            // the request began: on a kept-alive connection, its head gets head_timeout from
+            // now (a new connection's first head has it from the connection's start) (project patch 8)
+            if self.awaiting_request {
+                self.awaiting_request = false;
+                if self.kept_alive {
+                    self.deadline.set(self.limits.head_timeout);
+                }
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -144,6 +166,7 @@ impl ClientConnection {
             if remaining > 0 && (expects_continue || remaining > MAX_DISCARD) {
                 return Err(closed());
             }
+            self.deadline.set(self.limits.body_timeout); // (project patch 8)
             let mut buf = [0; 4096];
             while remaining > 0 {
                 let len = remaining.min(buf.len());
@@ -153,6 +176,15 @@ impl ClientConnection {
                 }
             }
         }
+
+        // waiting for the next request: idle_timeout on a kept-alive connection, and the whole
+        // head of a new connection's first request within head_timeout (project patch 8)
+        self.deadline.set(if self.kept_alive {
+            self.limits.idle_timeout
+        } else {
+            self.limits.head_timeout
+        });
+        self.awaiting_request = true;
 
         let (method, path, version, headers) = {
             // reading the request line
@@ -201,6 +233,10 @@ impl ClientConnection {
         // a body's length must be beyond doubt, or a proxy in front and this server could
         // disagree on where the next request starts (project patch 2)
         check_framing(&headers)?;
+
+        // the body, read here when small or by the handler, has body_timeout (project patch 8)
+        self.deadline.set(self.limits.body_timeout);
+        self.kept_alive = true;
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -270,7 +306,10 @@ impl Iterator for ClientConnection {
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+                // a connection whose request never began is closed quietly (project patch 8)
+                Err(ReadError::ReadIoError(ref err))
+                    if err.kind() == ErrorKind::TimedOut && !self.awaiting_request =>
+                {
                     // request timeout
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(408));

@@ -1,6 +1,8 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error as IoError, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -45,6 +47,15 @@ impl Stream {
         }
     }
 
+    // TLS streams keep no deadline (project patch 8)
+    fn set_read_timeout(&mut self, timeout: Duration) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(timeout)),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
@@ -86,6 +97,26 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    deadline: Deadline,
+}
+
+/// When the read under way must be over: the connection's thread moves it for each phase
+/// of a request (waiting, head, body) and every read of the stream obeys it, whichever
+/// thread reads (project patch 8).
+#[derive(Clone, Default)]
+pub(crate) struct Deadline(Arc<Mutex<Option<Instant>>>);
+
+impl Deadline {
+    pub(crate) fn set(&self, from_now: Duration) {
+        *self.0.lock().unwrap() = Some(Instant::now() + from_now);
+    }
+
+    fn left(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap()
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
 }
 
 impl RefinedTcpStream {
@@ -101,12 +132,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            deadline: Deadline::default(),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            deadline: Deadline::default(),
         };
 
         (read, write)
@@ -120,6 +153,11 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// The deadline this stream's reads obey (project patch 8).
+    pub(crate) fn deadline(&self) -> Deadline {
+        self.deadline.clone()
     }
 }
 
@@ -137,7 +175,17 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        // a read past the deadline is `TimedOut` (project patch 8)
+        if let Some(left) = self.deadline.left() {
+            if left == Duration::ZERO {
+                return Err(IoError::new(ErrorKind::TimedOut, "read deadline passed"));
+            }
+            self.stream.set_read_timeout(left)?;
+        }
+        self.stream.read(buf).map_err(|err| match err.kind() {
+            ErrorKind::WouldBlock => IoError::new(ErrorKind::TimedOut, err),
+            _ => err,
+        })
     }
 }
 
