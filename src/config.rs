@@ -67,6 +67,7 @@ impl Config {
         let head_timeout = get("HTTP_HEAD_TIMEOUT_SECS", "10");
         let idle_timeout = get("HTTP_IDLE_TIMEOUT_SECS", "60");
         let body_timeout = get("HTTP_BODY_TIMEOUT_SECS", "30");
+        let write_timeout = get("HTTP_WRITE_TIMEOUT_SECS", "10");
         let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
@@ -105,6 +106,7 @@ impl Config {
                 head_timeout: seconds(&mut problems, "HTTP_HEAD_TIMEOUT_SECS", &head_timeout, 3600),
                 idle_timeout: seconds(&mut problems, "HTTP_IDLE_TIMEOUT_SECS", &idle_timeout, 86400),
                 body_timeout: seconds(&mut problems, "HTTP_BODY_TIMEOUT_SECS", &body_timeout, 3600),
+                write_timeout: seconds(&mut problems, "HTTP_WRITE_TIMEOUT_SECS", &write_timeout, 3600),
             },
             migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
@@ -162,6 +164,7 @@ mod tests {
         assert_eq!(config.http_limits.head_timeout, Duration::from_secs(10));
         assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.http_limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.http_limits.write_timeout, Duration::from_secs(10));
         assert_eq!(config.migrations, migrate::Source::Embedded);
     }
 

@@ -571,3 +571,26 @@ fn a_body_that_never_arrives_is_cut_at_the_body_deadline() {
 
     assert_healthy(&app, "bodies that never arrive");
 }
+
+// See: the hardening issue, probe 4: a client that never reads its answers
+// held the worker writing to it for ever.
+#[test]
+fn a_client_that_never_reads_loses_its_connection_and_frees_its_worker_after_the_write_timeout() {
+    let app = spawn_app_with(&[("HTTP_WRITE_TIMEOUT_SECS", "2"), ("WORKERS", "1")]);
+    let (request, _) = large_history(&app);
+    let honest_answer = || {
+        let mut honest = send(&app, "GET /healthz HTTP/1.1\r\nHost: honest\r\nConnection: close\r\n\r\n");
+        honest.response(HONEST).is_ok_and(|resp| resp.status == 200)
+    };
+
+    let mut conn = send(&app, &request.repeat(300));
+
+    // 120 MB of answers fill every buffer on the way: the only worker blocks
+    // writing, and an honest request waits...
+    wait_for("the only worker to block writing", 4 * ANSWER, || (!honest_answer()).then_some(()));
+    // ...until the worker gives up on the client.
+    wait_for("the only worker to give up on a client that never reads", 2 * ANSWER, || honest_answer().then_some(()));
+    let got = conn.assert_closed(ANSWER, "a client that never reads");
+    let answers = got.windows(b"HTTP/1.1 200".len()).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(answers < 300, "the server wrote all {answers} answers to a client that stopped reading");
+}

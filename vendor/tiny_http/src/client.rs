@@ -79,10 +79,11 @@ impl From<IoError> for ReadError {
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
     pub fn new(
-        write_socket: RefinedTcpStream,
+        mut write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         limits: Limits,
     ) -> ClientConnection {
+        write_socket.set_write_timeout(limits.write_timeout); // (project patch 9)
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
         let deadline = read_socket.deadline();

@@ -189,6 +189,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a request's body may take, from the end of its head.
     pub body_timeout: Duration,
+    /// How long one write to a client may take: a client that reads (next to) nothing
+    /// for that long loses its connection (project patch 9).
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -197,6 +200,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
