@@ -594,3 +594,37 @@ fn a_client_that_never_reads_loses_its_connection_and_frees_its_worker_after_the
     let answers = got.windows(b"HTTP/1.1 200".len()).filter(|w| w == b"HTTP/1.1 200").count();
     assert!(answers < 300, "the server wrote all {answers} answers to a client that stopped reading");
 }
+
+/// The server's end of `conn`, found among this process's descriptors (the
+/// server runs in the test process) and read through a duplicate of it.
+fn server_end(conn: &Conn) -> TcpStream {
+    use std::os::fd::{BorrowedFd, RawFd};
+
+    let (ours, theirs) = (conn.stream.local_addr().expect("our address"), conn.stream.peer_addr().expect("theirs"));
+    for entry in std::fs::read_dir("/proc/self/fd").expect("list this process's descriptors") {
+        let Some(fd) = entry.ok().and_then(|e| e.file_name().to_str()?.parse::<RawFd>().ok()) else { continue };
+        // SAFETY: the descriptor is borrowed only to duplicate it at once. If
+        // another thread closed it since the listing, the duplication fails or
+        // copies whatever reused the number, which the address check rejects.
+        let Ok(owned) = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned() else { continue };
+        let stream = TcpStream::from(owned);
+        if stream.local_addr().ok() == Some(theirs) && stream.peer_addr().ok() == Some(ours) {
+            return stream;
+        }
+    }
+    panic!("no socket in this process is the server's end of {ours} -> {theirs}");
+}
+
+// See: the hardening issue ("TCP_NODELAY on every accepted socket"): an
+// answer written in pieces could wait for the client's delayed ACK.
+#[test]
+fn accepted_sockets_have_tcp_nodelay() {
+    let app = spawn_app();
+    let mut conn = send(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    conn.response(ANSWER).unwrap_or_else(|e| panic!("GET /healthz: {e}")).assert_status(200, "GET /healthz");
+
+    let nodelay = server_end(&conn).nodelay().expect("read TCP_NODELAY");
+
+    assert!(nodelay, "the server's end of an HTTP connection has TCP_NODELAY off");
+    assert_healthy(&app, "checking TCP_NODELAY");
+}
