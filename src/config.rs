@@ -27,7 +27,7 @@ pub struct Config {
     pub ws_queue: usize,
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
-    /// What one HTTP connection may cost: the `HTTP_*` timeouts, enforced by the patched tiny_http.
+    /// What HTTP connections may cost: the `HTTP_*` timeouts and bound, enforced by the patched tiny_http.
     pub http_limits: tiny_http::Limits,
     /// Where `serve` looks for migrations to check: `MIGRATIONS_DIR`, or the built-in files.
     pub migrations: migrate::Source,
@@ -68,6 +68,7 @@ impl Config {
         let idle_timeout = get("HTTP_IDLE_TIMEOUT_SECS", "60");
         let body_timeout = get("HTTP_BODY_TIMEOUT_SECS", "30");
         let write_timeout = get("HTTP_WRITE_TIMEOUT_SECS", "10");
+        let http_max_connections = get("HTTP_MAX_CONNECTIONS", "1024");
         let migrations = migrate::Source::from_migrations_dir(lookup("MIGRATIONS_DIR").as_deref());
 
         if database_url.is_empty() {
@@ -107,6 +108,7 @@ impl Config {
                 idle_timeout: seconds(&mut problems, "HTTP_IDLE_TIMEOUT_SECS", &idle_timeout, 86400),
                 body_timeout: seconds(&mut problems, "HTTP_BODY_TIMEOUT_SECS", &body_timeout, 3600),
                 write_timeout: seconds(&mut problems, "HTTP_WRITE_TIMEOUT_SECS", &write_timeout, 3600),
+                max_connections: number(&mut problems, "HTTP_MAX_CONNECTIONS", &http_max_connections, 1, 1 << 20),
             },
             migrations,
             fault: lookup("MESSAGING_FAULT").filter(|_| cfg!(debug_assertions)),
@@ -165,6 +167,7 @@ mod tests {
         assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.http_limits.body_timeout, Duration::from_secs(30));
         assert_eq!(config.http_limits.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_limits.max_connections, 1024);
         assert_eq!(config.migrations, migrate::Source::Embedded);
     }
 

@@ -628,3 +628,22 @@ fn accepted_sockets_have_tcp_nodelay() {
     assert!(nodelay, "the server's end of an HTTP connection has TCP_NODELAY off");
     assert_healthy(&app, "checking TCP_NODELAY");
 }
+
+// See: the hardening issue, probe 7: tiny_http started a thread for every
+// connection, with no bound.
+#[test]
+fn connections_past_the_bound_get_503_until_one_ends() {
+    let app = spawn_app_with(&[("HTTP_MAX_CONNECTIONS", "4")]);
+    let mut held: Vec<Conn> = (0..4).map(|_| Conn::open(app.http_addr)).collect();
+
+    let mut refused = Conn::open(app.http_addr);
+
+    let resp = refused.response(ANSWER).unwrap_or_else(|e| panic!("a fifth connection: {e}"));
+    check_error(&resp, 503, "unavailable", None);
+    refused.assert_closed(ANSWER, "a connection past the bound");
+    held.pop();
+    wait_for("a place to come free", ANSWER, || {
+        let mut honest = send(&app, "GET /healthz HTTP/1.1\r\nHost: honest\r\nConnection: close\r\n\r\n");
+        honest.response(HONEST).ok().filter(|resp| resp.status == 200)
+    });
+}

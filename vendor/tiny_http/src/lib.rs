@@ -99,7 +99,7 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -179,7 +179,8 @@ pub struct ServerConfig {
     pub ssl: Option<SslConfig>,
 }
 
-/// What one connection may cost the server (project patch 8: not in tiny_http 0.12.0).
+/// What connections may cost the server, and how many may be open at once (project patches
+/// 8, 9 and 11: not in tiny_http 0.12.0).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// How long the request line and headers may take: from the connection's start for
@@ -192,6 +193,26 @@ pub struct Limits {
     /// How long one write to a client may take: a client that reads (next to) nothing
     /// for that long loses its connection (project patch 9).
     pub write_timeout: Duration,
+    /// How many connections are served at once, each by a thread of its own; one more is
+    /// answered `503` and closed (project patch 11).
+    pub max_connections: usize,
+}
+
+/// One of the `Limits::max_connections` places, given back when its connection ends
+/// (project patch 11).
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(open: &Arc<AtomicUsize>) -> Place {
+        open.fetch_add(1, Relaxed);
+        Place(open.clone())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Default for Limits {
@@ -201,6 +222,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -323,12 +345,22 @@ impl Server {
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            let open = Arc::new(AtomicUsize::new(0)); // (project patch 11)
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((mut sock, _)) => {
                         sock.set_nodelay().ok(); // (project patch 10)
+                        // past max_connections: refused here and now, before it costs a thread,
+                        // with a write that cannot hold this thread long (project patch 11)
+                        if open.load(Relaxed) >= limits.max_connections {
+                            sock.set_write_timeout(Some(Duration::from_millis(100))).ok();
+                            client::refusal(503, "service unavailable; try again")
+                                .raw_print(&mut sock, HTTPVersion(1, 1), &[], false, None)
+                                .ok();
+                            continue;
+                        }
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
@@ -355,8 +387,10 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let place = Place::take(&open); // (project patch 11)
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
+                            let _place = &place;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock,
                                 // and for every connection so that one client's pipelined requests
