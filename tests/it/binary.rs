@@ -19,7 +19,7 @@ use crate::support::pg::connect;
 use crate::support::{fresh_database, random_hex, request, wait_for, TempDir};
 
 /// Every variable the binary reads; all are removed unless a test sets them.
-const VARIABLES: &[&str] = &[
+pub(crate) const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "HTTP_ADDR",
     "WS_ADDR",

@@ -647,3 +647,69 @@ fn connections_past_the_bound_get_503_until_one_ends() {
         honest.response(HONEST).ok().filter(|resp| resp.status == 200)
     });
 }
+
+/// The compiled server under `prlimit --nofile=NOFILE:NOFILE`, on a migrated
+/// database, once it accepts connections; with its HTTP address.
+fn serve_with_descriptors(nofile: u32) -> (crate::binary::Running, SocketAddr) {
+    use crate::binary::{free_addr, Running, SECRET_KEY, VARIABLES};
+
+    let db_url = crate::support::fresh_database();
+    let (http_addr, ws_addr) = (free_addr(), free_addr());
+    let mut command = std::process::Command::new("prlimit");
+    command.arg(format!("--nofile={nofile}:{nofile}")).arg(env!("CARGO_BIN_EXE_messaging")).arg("serve");
+    for name in VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs([
+        ("DATABASE_URL", db_url.as_str()),
+        ("SECRET_KEY", SECRET_KEY),
+        ("HTTP_ADDR", &http_addr.to_string()),
+        ("WS_ADDR", &ws_addr.to_string()),
+        ("WORKERS", "2"),
+        ("LOG", "warn"),
+    ]);
+    let mut server = Running::start(command, format!("messaging serve under prlimit --nofile={nofile}"));
+    // Started, not just listening: the connections made while it starts are its own.
+    wait_for("the server to start", 2 * ANSWER, || {
+        if let Some(status) = server.exited() {
+            panic!("serve exited early ({status}):\n{}", server.stderr());
+        }
+        healthz_answers(http_addr).then_some(())
+    });
+    (server, http_addr)
+}
+
+/// Opens up to `n` connections to `addr`, stopping at the first that does not
+/// connect within 200 ms: the server is out of descriptors and its backlog full.
+fn open_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map_while(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect()
+}
+
+/// Whether `GET /healthz` on `addr` is answered `200` within `HONEST`.
+fn healthz_answers(addr: SocketAddr) -> bool {
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, HONEST) else { return false };
+    let request = b"GET /healthz HTTP/1.1\r\nHost: honest\r\nConnection: close\r\n\r\n";
+    if conn.set_read_timeout(Some(HONEST)).and_then(|()| conn.write_all(request)).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+// See: the hardening issue, probe 7: 400 connections under
+// `prlimit --nofile=256` made accept fail with EMFILE, which ended tiny_http's
+// accept thread, and with it the listener, for good.
+#[test]
+fn running_out_of_descriptors_stops_accepting_only_until_some_are_free() {
+    let (mut server, http_addr) = serve_with_descriptors(256);
+
+    let crowd = open_many(http_addr, 400);
+    wait_for("the server to run out of descriptors", ANSWER, || {
+        server.stderr().contains("Too many open files").then_some(())
+    });
+    drop(crowd);
+
+    wait_for("GET /healthz once the crowd has left", ANSWER, || healthz_answers(http_addr).then_some(()));
+    assert!(server.exited().is_none(), "the server exited:\n{}", server.stderr());
+}

@@ -346,6 +346,7 @@ impl Server {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
             let open = Arc::new(AtomicUsize::new(0)); // (project patch 11)
+            let mut failing = false; // (project patch 12)
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
@@ -362,7 +363,7 @@ impl Server {
                             continue;
                         }
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        let refined = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -379,13 +380,16 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable, limits.clone()))
+                        refined.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable, limits.clone())
+                        })
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
                     Ok(client) => {
+                        failing = false; // (project patch 12)
                         let messages = inside_messages.clone();
                         let place = Place::take(&open); // (project patch 11)
                         let mut client = Some(client);
@@ -405,9 +409,15 @@ impl Server {
                     }
 
                     Err(e) => {
+                        // out of descriptors, say: the first error of a run is reported, then
+                        // accept waits a little and tries again, where it used to end this
+                        // thread and, with it, the listener (project patch 12)
                         log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        if !failing {
+                            inside_messages.push(e.into());
+                        }
+                        failing = true;
+                        thread::sleep(Duration::from_millis(50));
                     }
                 }
             }
