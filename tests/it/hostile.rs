@@ -713,3 +713,17 @@ fn running_out_of_descriptors_stops_accepting_only_until_some_are_free() {
     wait_for("GET /healthz once the crowd has left", ANSWER, || healthz_answers(http_addr).then_some(()));
     assert!(server.exited().is_none(), "the server exited:\n{}", server.stderr());
 }
+
+// See: the hardening issue, probe 3: handlers read bodies over 1 KiB from the
+// socket, so bodies declared and never sent held a worker each.
+#[test]
+fn posts_declaring_bodies_they_never_send_hold_no_worker() {
+    let app = spawn_app();
+    let request =
+        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{";
+
+    let held: Vec<Conn> = (0..CROWD).map(|_| send(&app, request)).collect();
+
+    assert_healthy(&app, "POSTs declaring bodies they never send");
+    drop(held);
+}

@@ -121,6 +121,10 @@ impl From<IoError> for RequestCreationError {
     }
 }
 
+/// The largest body read before the request is handed out, on the connection's own thread;
+/// larger ones are read by whoever handles the request (project patch 13).
+const MAX_BUFFERED_BODY: usize = 64 * 1024;
+
 /// Builds a new request.
 ///
 /// After the request line and headers have been read from the socket, a new `Request` object
@@ -185,23 +189,23 @@ where
     let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
+        } else if content_length <= MAX_BUFFERED_BODY && !expects_continue {
+            // if the content-length is small enough, we just read everything into a buffer,
+            // which grows with what arrives rather than with what the client declared; up to
+            // 64 KiB, so that a body the client holds back holds no worker (project patch 13)
 
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
+            let mut buffer = Vec::new();
+            source_data
+                .by_ref()
+                .take(content_length as u64)
+                .read_to_end(&mut buffer)?;
 
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
+            if buffer.len() != content_length {
+                // the socket returned EOF, but we were before the expected content-length
+                // aborting
+                let info = "Connection has been closed before we received enough data";
+                let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                return Err(RequestCreationError::CreationIoError(err));
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
