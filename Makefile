@@ -15,7 +15,7 @@ ARGS ?=
 # Shell snippet shared by run and migrate: keep DATABASE_URL, or start the local cluster.
 USE_LOCAL_DB = if [ -z "$${DATABASE_URL:-}" ]; then DATABASE_URL=$$(scripts/pg.sh start $(PG_DIR)); fi; export DATABASE_URL
 
-.PHONY: build run migrate test fmt clippy clean
+.PHONY: build run migrate test soak fmt clippy clean
 
 # Build the release binary.
 build:
@@ -60,6 +60,13 @@ test:
 	  echo "cargo-nextest not found: falling back to cargo test" >&2
 	  $(CARGO) test $(ARGS)
 	fi
+
+# The slow probe `make test` runs only in small: 10,100 idle HTTP connections against the compiled
+# server (tests/it/hostile.rs, soak_ten_thousand_idle_connections), about a minute.
+soak:
+	# 10,100 client sockets in the test process; the server gets its own limit from prlimit.
+	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt 16384 ]; then ulimit -n 16384; fi
+	SOAK=1 $(MAKE) test ARGS=hostile::soak
 
 # Measure WebSocket fan-out latency and memory per idle connection, and rewrite BENCHMARKS.md.
 # The benchmark starts its own durable cluster in a temporary directory that the trap always stops.
