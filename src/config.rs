@@ -31,8 +31,8 @@ pub struct Config {
     pub ws_queue: usize,
     /// Open WebSockets this process accepts; more are closed at once.
     pub ws_max_connections: usize,
-    /// Open HTTP connections this process accepts (enforced inside tiny_http).
-    pub http_max_connections: usize,
+    /// What HTTP connections may cost: the `HTTP_*` timeouts and bound, enforced by the patched tiny_http.
+    pub http_limits: tiny_http::Limits,
     /// Open WebSockets of one user in this process.
     pub ws_max_per_user: usize,
     /// Open WebSockets from one client address in this process.
@@ -82,6 +82,10 @@ impl Config {
         let origins = get("WS_ALLOWED_ORIGINS", "");
         let ws_queue = get("WS_QUEUE", "1024");
         let ws_max_connections = get("WS_MAX_CONNECTIONS", "10000");
+        let head_timeout = get("HTTP_HEAD_TIMEOUT_SECS", "10");
+        let idle_timeout = get("HTTP_IDLE_TIMEOUT_SECS", "60");
+        let body_timeout = get("HTTP_BODY_TIMEOUT_SECS", "30");
+        let write_timeout = get("HTTP_WRITE_TIMEOUT_SECS", "10");
         let http_max_connections = get("HTTP_MAX_CONNECTIONS", "1024");
         let ws_max_per_user = get("WS_MAX_PER_USER", "64");
         let ws_max_per_address = get("WS_MAX_PER_ADDRESS", "256");
@@ -129,7 +133,13 @@ impl Config {
             ws_allowed_origins: origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect(),
             ws_queue: number(&mut problems, "WS_QUEUE", &ws_queue, 16, 1 << 20),
             ws_max_connections: number(&mut problems, "WS_MAX_CONNECTIONS", &ws_max_connections, 1, 1 << 20),
-            http_max_connections: number(&mut problems, "HTTP_MAX_CONNECTIONS", &http_max_connections, 1, 1 << 20),
+            http_limits: tiny_http::Limits {
+                head_timeout: seconds(&mut problems, "HTTP_HEAD_TIMEOUT_SECS", &head_timeout, 3600),
+                idle_timeout: seconds(&mut problems, "HTTP_IDLE_TIMEOUT_SECS", &idle_timeout, 86400),
+                body_timeout: seconds(&mut problems, "HTTP_BODY_TIMEOUT_SECS", &body_timeout, 3600),
+                write_timeout: seconds(&mut problems, "HTTP_WRITE_TIMEOUT_SECS", &write_timeout, 3600),
+                max_connections: number(&mut problems, "HTTP_MAX_CONNECTIONS", &http_max_connections, 1, 1 << 20),
+            },
             ws_max_per_user: number(&mut problems, "WS_MAX_PER_USER", &ws_max_per_user, 1, 1 << 20),
             ws_max_per_address: number(&mut problems, "WS_MAX_PER_ADDRESS", &ws_max_per_address, 1, 1 << 20),
             ws_handshakes_per_address: number(
@@ -176,7 +186,7 @@ impl Config {
     /// notifier, presence), and `DESCRIPTOR_MARGIN`.
     pub fn descriptors_needed(&self) -> u64 {
         let database = self.workers + (self.workers / 2).max(2) + 3;
-        (self.ws_max_connections + 2 * self.http_max_connections + database) as u64 + DESCRIPTOR_MARGIN
+        (self.ws_max_connections + 2 * self.http_limits.max_connections + database) as u64 + DESCRIPTOR_MARGIN
     }
 
     /// Refuses a configuration that cannot fit in `limit` open files, in one line.
@@ -188,9 +198,14 @@ impl Config {
         Err(format!(
             "the open files limit ({limit}) is below the {needed} descriptors that WS_MAX_CONNECTIONS={} \
              and HTTP_MAX_CONNECTIONS={} need: raise it (ulimit -n, systemd's LimitNOFILE) or lower them",
-            self.ws_max_connections, self.http_max_connections
+            self.ws_max_connections, self.http_limits.max_connections
         ))
     }
+}
+
+/// Parses a whole number of seconds from 1 to `max`, or records why not.
+fn seconds(problems: &mut Vec<String>, name: &str, value: &str, max: u64) -> Duration {
+    Duration::from_secs(number(problems, name, value, 1, max))
 }
 
 /// Parses a whole number within bounds, or records why not.
@@ -230,7 +245,7 @@ mod tests {
         assert!(config.rate_limits);
         assert_eq!(config.ws_queue, 1024);
         assert_eq!(config.ws_max_connections, 10000);
-        assert_eq!(config.http_max_connections, 1024);
+        assert_eq!(config.http_limits.max_connections, 1024);
         assert_eq!(
             (config.ws_max_per_user, config.ws_max_per_address, config.ws_handshakes_per_address),
             (64, 256, 32)
@@ -238,6 +253,11 @@ mod tests {
         assert_eq!(config.ws_frames, Rate { count: 20, per: Duration::from_secs(1), burst: 40 });
         assert_eq!(config.messages, Rate { count: 30, per: Duration::from_secs(10), burst: 60 });
         assert_eq!(config.signups, Rate { count: 20, per: Duration::from_secs(3600), burst: 20 });
+        assert_eq!(config.http_limits.head_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.http_limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.http_limits.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_limits.max_connections, 1024);
         assert_eq!(config.migrations, migrate::Source::Embedded);
     }
 

@@ -156,7 +156,8 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
 
     let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
-    let http = Arc::new(tiny_http::Server::from_listener(http_listener, None).map_err(|e| e.to_string())?);
+    let http = tiny_http::Server::from_listener_with_limits(http_listener, None, config.http_limits.clone());
+    let http = Arc::new(http.map_err(|e| e.to_string())?);
     let process_id = i64::from_le_bytes(auth::random_bytes()) & i64::MAX;
     let log = Log::new(config.log);
     let stop = Stop::default();

@@ -20,7 +20,7 @@ use crate::support::ws::connect_bearer;
 use crate::support::{fresh_database, random_hex, request, wait_for, TempDir};
 
 /// Every variable the binary reads; all are removed unless a test sets them.
-const VARIABLES: &[&str] = &[
+pub(crate) const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "HTTP_ADDR",
     "WS_ADDR",
@@ -29,6 +29,11 @@ const VARIABLES: &[&str] = &[
     "TOKEN_TTL_SECS",
     "PASSWORD_ITERATIONS",
     "MAX_BODY_BYTES",
+    "HTTP_HEAD_TIMEOUT_SECS",
+    "HTTP_IDLE_TIMEOUT_SECS",
+    "HTTP_BODY_TIMEOUT_SECS",
+    "HTTP_WRITE_TIMEOUT_SECS",
+    "HTTP_MAX_CONNECTIONS",
     "LOG",
     "RATE_LIMITS",
     "TRUSTED_PROXIES",

@@ -38,3 +38,6 @@ mod logs;
 mod readme;
 // Issue 12: real-time delivery under races between processes, reconnects, membership changes, logouts and a SIGKILL.
 mod delivery;
+// The HTTP port under hostile clients: the hardening issue's probes as raw bytes, each refused or
+// answered while the workers live on; vendor/tiny_http/PATCHES.md names the test behind each patch.
+mod hostile;

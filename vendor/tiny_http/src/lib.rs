@@ -99,7 +99,7 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -179,6 +179,54 @@ pub struct ServerConfig {
     pub ssl: Option<SslConfig>,
 }
 
+/// What connections may cost the server, and how many may be open at once (project patches
+/// 8, 9 and 11: not in tiny_http 0.12.0).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long the request line and headers may take: from the connection's start for
+    /// its first request, from the request's first byte for the next ones.
+    pub head_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// How long a request's body may take, from the end of its head.
+    pub body_timeout: Duration,
+    /// How long one write to a client may take: a client that reads (next to) nothing
+    /// for that long loses its connection (project patch 9).
+    pub write_timeout: Duration,
+    /// How many connections are served at once, each by a thread of its own; one more is
+    /// answered `503` and closed (project patch 11).
+    pub max_connections: usize,
+}
+
+/// One of the `Limits::max_connections` places, given back when its connection ends
+/// (project patch 11).
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(open: &Arc<AtomicUsize>) -> Place {
+        open.fetch_add(1, Relaxed);
+        Place(open.clone())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
 pub struct SslConfig {
@@ -243,6 +291,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// Same as `from_listener`, with `limits` on what each connection may cost (project patch 8).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -288,13 +345,25 @@ impl Server {
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            let open = Arc::new(AtomicUsize::new(0)); // (project patch 11)
+            let mut failing = false; // (project patch 12)
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((mut sock, _)) => {
+                        sock.set_nodelay().ok(); // (project patch 10)
+                        // past max_connections: refused here and now, before it costs a thread,
+                        // with a write that cannot hold this thread long (project patch 11)
+                        if open.load(Relaxed) >= limits.max_connections {
+                            sock.set_write_timeout(Some(Duration::from_millis(100))).ok();
+                            client::refusal(503, "service unavailable; try again")
+                                .raw_print(&mut sock, HTTPVersion(1, 1), &[], false, None)
+                                .ok();
+                            continue;
+                        }
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        let refined = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -311,37 +380,44 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        refined.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable, limits.clone())
+                        })
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
                     Ok(client) => {
+                        failing = false; // (project patch 12)
                         let messages = inside_messages.clone();
+                        let place = Place::take(&open); // (project patch 11)
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
+                            let _place = &place;
                             if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
+                                // Synchronization is needed for HTTPS requests to avoid a deadlock,
+                                // and for every connection so that one client's pipelined requests
+                                // never take more than one worker at a time (project patch 6)
+                                let (sender, receiver) = mpsc::channel();
+                                for rq in client {
+                                    messages.push(rq.with_notify_sender(sender.clone()).into());
+                                    receiver.recv().unwrap();
                                 }
                             }
                         }));
                     }
 
                     Err(e) => {
+                        // out of descriptors, say: the first error of a run is reported, then
+                        // accept waits a little and tries again, where it used to end this
+                        // thread and, with it, the listener (project patch 12)
                         log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        if !failing {
+                            inside_messages.push(e.into());
+                        }
+                        failing = true;
+                        thread::sleep(Duration::from_millis(50));
                     }
                 }
             }

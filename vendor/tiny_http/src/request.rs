@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +74,11 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // how much of the body is left unread when its reader is dropped, and whether the
+    // client waits for `100 Continue` before sending it: for the connection's thread,
+    // which discards the rest or closes the connection (project patch 1)
+    pub(crate) unread_body: Option<(Receiver<usize>, bool)>,
 }
 
 struct NotifyOnDrop<R> {
@@ -115,6 +120,10 @@ impl From<IoError> for RequestCreationError {
         RequestCreationError::CreationIoError(err)
     }
 }
+
+/// The largest body read before the request is handed out, on the connection's own thread;
+/// larger ones are read by whoever handles the request (project patch 13).
+const MAX_BUFFERED_BODY: usize = 64 * 1024;
 
 /// Builds a new request.
 ///
@@ -171,48 +180,38 @@ where
         }
     };
 
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
+    let mut unread_body = None;
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
+    // a `Connection: upgrade` no longer hands the handler the whole raw stream as the body,
+    // which it read until the client hung up: the body is framed like any other (project patch 4)
+    let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
+        } else if content_length <= MAX_BUFFERED_BODY && !expects_continue {
+            // if the content-length is small enough, we just read everything into a buffer,
+            // which grows with what arrives rather than with what the client declared; up to
+            // 64 KiB, so that a body the client holds back holds no worker (project patch 13)
 
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
+            let mut buffer = Vec::new();
+            source_data
+                .by_ref()
+                .take(content_length as u64)
+                .read_to_end(&mut buffer)?;
 
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
+            if buffer.len() != content_length {
+                // the socket returned EOF, but we were before the expected content-length
+                // aborting
+                let info = "Connection has been closed before we received enough data";
+                let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                return Err(RequestCreationError::CreationIoError(err));
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (data_reader, unread) = EqualReader::new(source_data, content_length); // TODO:
+            unread_body = Some((unread, expects_continue)); // (project patch 1)
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -238,6 +237,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        unread_body,
     })
 }
 
