@@ -196,8 +196,9 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
                         handle(&app, &mut db, request)
                     }
                     Ok(None) => {}
-                    // tiny_http's accept thread has ended: no request will come again.
-                    Err(error) => return app.log.error("HTTP accept failed", &[("error", &error)]),
+                    // The first accept error of a run (out of descriptors, say): the
+                    // patched accept loop waits and tries again (vendor/tiny_http/PATCHES.md, 12).
+                    Err(error) => app.log.error("HTTP accept failed", &[("error", &error)]),
                 }
             }
             // Stopping: what tiny_http has already read is answered too. The

@@ -73,6 +73,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `messaging ARGS` in the repository root with only `vars` of the configuration variables set.
     pub(crate) fn spawn(args: &[&str], vars: &[(&str, &str)]) -> Running {
         Running::spawn_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, vars)
