@@ -62,14 +62,15 @@ pub fn send(
     content: &str,
     client_id: Option<&str>,
 ) -> Result<Sent, ApiError> {
-    if let Err(retry_after_secs) = app.limits.messages.take(&user_id) {
-        return Err(ApiError::RateLimited { retry_after_secs });
-    }
     let sql = &mut db.sql()?;
     if let Some(client_id) = client_id {
         if let Some(message) = store::find_message_by_client_id(sql, chat_id, user_id, client_id)? {
             return Ok(Sent::Retried(message));
         }
+    }
+    // Only a new message spends the budget: a retry that finds its message is always answered.
+    if let Err(retry_after_secs) = app.limits.messages.take(&user_id) {
+        return Err(ApiError::RateLimited { retry_after_secs });
     }
     match store::insert_message(sql, chat_id, user_id, content, client_id) {
         Ok(Some(message)) => {

@@ -431,7 +431,10 @@ fn read(
                 let answer = match (over_budget, protocol) {
                     (Some(wait), _) => {
                         let retry_after_secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                        Some(ApiError::RateLimited { retry_after_secs }.to_frame(None))
+                        // The frame's client_id, when it has one, so the client knows which send failed.
+                        let body = http::parse_body(text.as_bytes()).ok();
+                        let client_id = body.as_ref().and_then(|body| body.opt_str("client_id").ok().flatten());
+                        Some(ApiError::RateLimited { retry_after_secs }.to_frame(client_id))
                     }
                     (None, Protocol::Current) => answer(app, conn, user_id, text.as_bytes(), &mut last_typing),
                     (None, Protocol::Seed(chat_id)) => answer_seed(app, conn, user_id, chat_id, text.as_bytes()),

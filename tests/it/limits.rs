@@ -90,8 +90,8 @@ fn frames_past_a_connections_rate_get_rate_limited_error_frames() {
     let mut ws = connect_bearer(app.ws_addr, &user.token);
     ws.recv_until(SOON, "ready", |frame| frame["type"] == "ready");
 
-    for _ in 0..10 {
-        ws.send_json(&json!({ "type": "ping" }));
+    for idx in 0..10 {
+        ws.send_json(&json!({ "type": "ping", "client_id": format!("p{idx}") }));
     }
 
     let (mut pongs, mut limited) = (0, 0);
@@ -99,7 +99,11 @@ fn frames_past_a_connections_rate_get_rate_limited_error_frames() {
         let frame = ws.recv(SOON, "an answer to each of the 10 pings");
         match (frame["type"].as_str(), frame["code"].as_str()) {
             (Some("pong"), _) => pongs += 1,
-            (Some("error"), Some("rate_limited")) => limited += 1,
+            (Some("error"), Some("rate_limited")) => {
+                // The refused frame's client_id comes back, so a client knows which one it was.
+                assert!(frame["client_id"].as_str().is_some_and(|id| id.starts_with('p')), "{frame}");
+                limited += 1
+            }
             _ => panic!("unexpected frame {frame}"),
         }
     }
@@ -134,6 +138,13 @@ fn rest_and_websocket_sends_share_one_budget_per_user() {
 
     let resp = post_message(&app, &alice, chat_id, "four");
     check_error(&resp, 429, "rate_limited", None);
+    // A retry of a stored message spends nothing: it is answered with that message.
+    let retry = app.post(
+        &format!("/api/chats/{chat_id}/messages"),
+        Some(&alice.token),
+        json!({ "content": "three", "client_id": "c3" }),
+    );
+    assert_eq!(retry.assert_status(200, "a retry with the budget spent").json()["content"], "three");
     ws.send_json(&json!({ "type": "send", "chat_id": chat_id, "content": "five", "client_id": "c5" }));
     let refused = ws.recv_until(SOON, "the fifth send's answer", |f| f["type"] == "ack" || f["type"] == "error");
     let want = json!({ "type": "error", "code": "rate_limited", "client_id": "c5" });
