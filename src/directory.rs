@@ -642,6 +642,17 @@ mod tests {
         world
     }
 
+    /// A world where ANN created CHAT alone (seqs 1 and 2), and BOB, not a
+    /// member, has connection 2 subscribed.
+    fn chat_of_ann_with_bob_connected() -> World {
+        let mut world = World::new();
+        world.commit(CHAT, |c, s| member(c, s, EventKind::ChatCreated, ANN));
+        world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, ANN));
+        world.register(2, BOB);
+        world.subscribe(2, world.snapshot(BOB));
+        world
+    }
+
     #[test]
     fn events_in_order_reach_each_follower_once() {
         let mut world = chat_of_ann_and_bob();
@@ -735,11 +746,7 @@ mod tests {
 
     #[test]
     fn a_member_added_elsewhere_while_nobody_here_follows_the_chat_gets_its_join_and_what_follows() {
-        let mut world = World::new();
-        world.commit(CHAT, |c, s| member(c, s, EventKind::ChatCreated, ANN));
-        world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, ANN));
-        world.register(2, BOB);
-        world.subscribe(2, world.snapshot(BOB));
+        let mut world = chat_of_ann_with_bob_connected();
         let join = world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, BOB));
         let four = world.commit(CHAT, message);
         world.remote(&four);
@@ -751,11 +758,7 @@ mod tests {
     #[test]
     fn a_join_being_read_survives_another_member_subscribing() {
         // See: issue 12, race 2.
-        let mut world = World::new();
-        world.commit(CHAT, |c, s| member(c, s, EventKind::ChatCreated, ANN));
-        world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, ANN));
-        world.register(2, BOB);
-        world.subscribe(2, world.snapshot(BOB));
+        let mut world = chat_of_ann_with_bob_connected();
         let join = world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, BOB));
         world.remote(&join);
         world.commit(CHAT, message);
@@ -835,11 +838,7 @@ mod tests {
     /// snapshot past it, before this process hears of the join (handed in
     /// by `hear`): the stream has passed it for BOB's connection 2.
     fn join_passed_by_another_subscriber(hear: impl FnOnce(&mut World, &Arc<Event>)) -> World {
-        let mut world = World::new();
-        world.commit(CHAT, |c, s| member(c, s, EventKind::ChatCreated, ANN));
-        world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, ANN));
-        world.register(2, BOB);
-        world.subscribe(2, world.snapshot(BOB));
+        let mut world = chat_of_ann_with_bob_connected();
         let join = world.commit(CHAT, |c, s| member(c, s, EventKind::MemberAdded, BOB));
         world.register(1, ANN);
         world.subscribe(1, world.snapshot(ANN));
