@@ -653,7 +653,7 @@ fn connections_past_the_bound_get_503_until_one_ends() {
 /// its HTTP address. It starts with room to spare, since `serve` refuses a
 /// limit its connection bounds do not fit in: running out of descriptors
 /// then takes something the bounds do not count, such as a lowered limit.
-fn serve_with_descriptors(nofile: u32) -> (crate::binary::Running, SocketAddr) {
+fn serve_with_descriptors(nofile: u32) -> (crate::binary::Running, SocketAddr, SocketAddr) {
     use crate::binary::{free_addr, Running, SECRET_KEY, VARIABLES};
 
     let db_url = crate::support::fresh_database();
@@ -669,7 +669,8 @@ fn serve_with_descriptors(nofile: u32) -> (crate::binary::Running, SocketAddr) {
         ("HTTP_ADDR", &http_addr.to_string()),
         ("WS_ADDR", &ws_addr.to_string()),
         ("WORKERS", "2"),
-        ("LOG", "warn"),
+        // Info: the WebSocket listener says when it accepts again.
+        ("LOG", "info"),
         // Room for the bounds in the limit the test inherits, before it is lowered.
         ("WS_MAX_CONNECTIONS", "1000"),
     ]);
@@ -686,7 +687,7 @@ fn serve_with_descriptors(nofile: u32) -> (crate::binary::Running, SocketAddr) {
         .status()
         .expect("run prlimit --pid");
     assert!(lowered.success(), "prlimit --pid could not lower the server's open files limit to {nofile}");
-    (server, http_addr)
+    (server, http_addr, ws_addr)
 }
 
 /// Opens up to `n` connections to `addr`, stopping at the first that does not
@@ -707,25 +708,53 @@ fn healthz_answers(addr: SocketAddr) -> bool {
     answer.starts_with(b"HTTP/1.1 200")
 }
 
+/// Whether a WebSocket handshake without a credential on `addr` is answered
+/// `401` within `HONEST`: the WebSocket listener accepts.
+fn ws_handshake_answers(addr: SocketAddr) -> bool {
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, HONEST) else { return false };
+    let request = "GET /ws HTTP/1.1\r\nHost: honest\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    if conn.set_read_timeout(Some(HONEST)).and_then(|()| conn.write_all(request.as_bytes())).is_err() {
+        return false;
+    }
+    let mut answer = [0; 12];
+    conn.read_exact(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 401")
+}
+
 // See: the hardening issue, probe 7: 400 connections under
 // `prlimit --nofile=256` made accept fail with EMFILE, which ended tiny_http's
-// accept thread, and with it the listener, for good.
+// accept thread, and with it the listener, for good. Both listeners must
+// accept again once descriptors are free, and log a run of failures once.
 #[test]
 fn running_out_of_descriptors_stops_accepting_only_until_some_are_free() {
-    let (mut server, http_addr) = serve_with_descriptors(256);
+    let (mut server, http_addr, ws_addr) = serve_with_descriptors(256);
 
     let crowd = open_many(http_addr, 400);
     wait_for("the server to run out of descriptors", ANSWER, || {
         server.stderr().contains("Too many open files").then_some(())
     });
-    drop(crowd);
+    // Waiting in the WebSocket listener's backlog while descriptors are out: its
+    // accept fails again every 100 ms for as long as this lasts.
+    let waiting = open_many(ws_addr, 4);
+    wait_for("the WebSocket listener to run out of descriptors", ANSWER, || {
+        server.stderr().contains("WebSocket accept failed").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    drop((crowd, waiting));
 
     let deadline = Instant::now() + ANSWER;
-    while !healthz_answers(http_addr) {
-        assert!(Instant::now() < deadline, "no GET /healthz once the crowd has left:\n{}", server.stderr());
+    while !(healthz_answers(http_addr) && ws_handshake_answers(ws_addr)) {
+        assert!(Instant::now() < deadline, "a listener does not accept once the crowd has left:\n{}", server.stderr());
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(server.exited().is_none(), "the server exited:\n{}", server.stderr());
+    let stderr = server.stderr();
+    let lines = |msg: &str| stderr.lines().filter(|line| line.contains(msg)).count();
+    let (failed, recovered) = (lines("msg=\"WebSocket accept failed\""), lines("msg=\"WebSocket accept works again\""));
+    assert!(
+        recovered >= 1 && failed <= recovered,
+        "one line per run of failures, {failed} for {recovered} runs:\n{stderr}"
+    );
 }
 
 // See: the hardening issue, probe 3: handlers read bodies over 1 KiB from the
@@ -742,6 +771,43 @@ fn posts_declaring_bodies_they_never_send_hold_no_worker() {
     drop(held);
 }
 
+// See: the review of the hardening work. Patch 13 read only small
+// Content-Length bodies on the connection's thread: a chunked body, or one
+// behind `Expect: 100-continue`, that never arrived still held a worker until
+// the body deadline.
+#[test]
+fn chunked_and_100_continue_bodies_held_back_hold_no_worker() {
+    let app = spawn_app();
+    let head = "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+    let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n10\r\n{{");
+    let expecting = format!("{head}Expect: 100-continue\r\nContent-Length: 2000\r\n\r\n");
+
+    let held: Vec<Conn> = (0..CROWD).flat_map(|_| [send(&app, &chunked), send(&app, &expecting)]).collect();
+
+    assert_healthy(&app, "chunked and 100-continue bodies held back");
+    drop(held);
+}
+
+#[test]
+fn a_small_body_behind_expect_100_continue_gets_100_continue_then_its_answer() {
+    let app = spawn_app();
+    let body = r#"{"login":"nobody","password":"wrong password"}"#;
+    let mut conn = send(
+        &app,
+        &format!(
+            "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+    );
+
+    let interim = conn.response(ANSWER).unwrap_or_else(|e| panic!("100 Continue: {e}"));
+    interim.assert_status(100, "the interim answer to Expect: 100-continue");
+    conn.send(body.as_bytes()).expect("send the body");
+    let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("the answer to the login: {e}"));
+    check_error(&resp, 401, "invalid_credentials", None);
+}
+
 // See: the hardening issue, probe 7, at full size: ~10,100 idle connections
 // (no timeout, a thread each) exhausted the descriptors and the accept
 // thread died. Slow, so it runs only with SOAK=1 (`make soak`).
@@ -751,7 +817,7 @@ fn soak_ten_thousand_idle_connections() {
         eprintln!("skipped: set SOAK=1 (make soak) to open 10,100 connections");
         return;
     }
-    let (mut server, http_addr) = serve_with_descriptors(20_000);
+    let (mut server, http_addr, _) = serve_with_descriptors(20_000);
 
     // Eight threads, each connection given time for a dropped SYN to be sent
     // again: past 1024, each is answered 503 and closed, but it is made.

@@ -143,7 +143,7 @@ pub fn new_request<R, W>(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
-    writer: W,
+    mut writer: W,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -189,10 +189,17 @@ where
     let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= MAX_BUFFERED_BODY && !expects_continue {
+        } else if content_length <= MAX_BUFFERED_BODY {
             // if the content-length is small enough, we just read everything into a buffer,
             // which grows with what arrives rather than with what the client declared; up to
             // 64 KiB, so that a body the client holds back holds no worker (project patch 13)
+
+            // a client waiting for `100 Continue` gets it here, so its body is read here too
+            // (project patch 14)
+            if expects_continue {
+                writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+                writer.flush()?;
+            }
 
             let mut buffer = Vec::new();
             source_data
@@ -217,7 +224,25 @@ where
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+
+        // up to 64 KiB of it is decoded here, like a small Content-Length body; only a
+        // larger one is left to the handler, which refuses it (project patch 14)
+        if expects_continue {
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            writer.flush()?;
+        }
+        let mut decoder = Decoder::new(source_data);
+        let mut buffer = Vec::new();
+        decoder
+            .by_ref()
+            .take(MAX_BUFFERED_BODY as u64 + 1)
+            .read_to_end(&mut buffer)?;
+        if buffer.len() <= MAX_BUFFERED_BODY {
+            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+        } else {
+            let rest = FusedReader::new(decoder);
+            Box::new(Cursor::new(buffer).chain(rest)) as Box<dyn Read + Send + 'static>
+        }
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -235,7 +260,8 @@ where
         http_version: version,
         headers,
         body_length: content_length,
-        must_send_continue: expects_continue,
+        must_send_continue: expects_continue
+            && content_length.map_or(false, |length| length > MAX_BUFFERED_BODY), // (project patch 14)
         notify_when_responded: None,
         unread_body,
     })
