@@ -63,12 +63,17 @@ pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<Soc
     watch
         .spawn("ws-accept", move || {
             let log = endpoint.app.log;
+            // Accept errors come in bursts (out of descriptors, say): logged once each.
+            let mut failing = false;
             for stream in listener.incoming() {
                 if endpoint.app.stop.is_set() {
                     return;
                 }
                 match stream {
                     Ok(stream) => {
+                        if std::mem::take(&mut failing) {
+                            log.info("WebSocket accept works again", &[("thread", &"ws-accept")]);
+                        }
                         // Dropping the stream closes it: the client may try again later.
                         let Some(slot) = Slot::take(&endpoint) else { continue };
                         let Ok(handshaking) = handshake_place(&endpoint.app, &stream) else { continue };
@@ -84,8 +89,10 @@ pub fn listen(app: Arc<App>, listener: TcpListener, watch: &Watch) -> Result<Soc
                         }
                     }
                     Err(error) => {
-                        // Out of descriptors, say: back off instead of spinning.
-                        log.error("WebSocket accept failed", &[("thread", &"ws-accept"), ("error", &error)]);
+                        if !std::mem::replace(&mut failing, true) {
+                            log.error("WebSocket accept failed", &[("thread", &"ws-accept"), ("error", &error)]);
+                        }
+                        // Back off instead of spinning until descriptors come free.
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -446,6 +453,14 @@ fn read(
                 }
             }
             Ok(Message::Binary(_)) => shared.close(u16::from(CloseCode::Unsupported)),
+            Ok(Message::Ping(_) | Message::Pong(_)) => {
+                // Each ping costs a pong and neither can carry an error frame, so
+                // control frames past the budget close the connection instead.
+                last_heard = Instant::now();
+                if frame_budget.as_mut().is_some_and(|(rate, bucket)| bucket.take(*rate, last_heard).is_err()) {
+                    shared.close(u16::from(CloseCode::Policy));
+                }
+            }
             Ok(_) => last_heard = Instant::now(),
             Err(WsError::Io(error)) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {

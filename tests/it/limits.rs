@@ -115,6 +115,23 @@ fn frames_past_a_connections_rate_get_rate_limited_error_frames() {
     });
 }
 
+#[test]
+fn control_frames_past_a_connections_rate_close_it_with_1008() {
+    let app = spawn_app_with(&[("WS_FRAME_RATE", "1"), ("WS_FRAME_BURST", "5")]);
+    let user = app.create_user();
+    let mut ws = connect_bearer(app.ws_addr, &user.token);
+    ws.recv_until(SOON, "ready", |frame| frame["type"] == "ready");
+
+    for _ in 0..20 {
+        if ws.send(Message::Ping(b"flood".to_vec().into())).is_err() {
+            break;
+        }
+    }
+
+    let closed = ws.expect_close(SOON, "a flood of WebSocket pings");
+    assert_eq!(closed.code, Some(1008), "closed as a policy violation: {closed:?}");
+}
+
 /// `POST /api/chats/{chat_id}/messages` as `user`.
 fn post_message(app: &TestApp, user: &TestUser, chat_id: i64, content: &str) -> Resp {
     app.post(&format!("/api/chats/{chat_id}/messages"), Some(&user.token), json!({ "content": content }))
