@@ -6,7 +6,8 @@
 //! log one line. A panic answers `500` and costs the worker only its
 //! database connection, which it opens again on the next request.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -46,6 +47,9 @@ pub struct Running {
     http_addr: SocketAddr,
     ws_addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
+    /// Handles on the two listening sockets, shut when stopping so that no
+    /// connection is accepted after the signal.
+    listeners: [TcpListener; 2],
     /// The names of watched threads that died.
     deaths: Receiver<String>,
     sockets: ws::Sockets,
@@ -91,9 +95,8 @@ impl Drop for Running {
     fn drop(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.app.stop.set();
+        self.listeners.iter().for_each(stop_accepting);
         self.app.hub.shutdown();
-        // Wakes the WebSocket accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.ws_addr, Duration::from_secs(1));
         let mut busy_workers = 0;
         for worker in std::mem::take(&mut self.workers) {
             match wait_until(deadline, || worker.is_finished()) {
@@ -115,6 +118,14 @@ impl Drop for Running {
             self.app.log.warn("stopped before everything finished", &fields);
         }
     }
+}
+
+/// Shuts a listening socket: new connections are refused at once, and an
+/// `accept` blocked on it returns an error, so both accept loops see the
+/// stop flag. Connections accepted before stay open and are answered.
+fn stop_accepting(listener: &TcpListener) {
+    // SAFETY: `shutdown` on a descriptor this handle owns; it cannot close it.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
 }
 
 /// How long stopping may wait for requests and WebSockets to finish; a
@@ -156,6 +167,8 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
 
     let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
     let ws_addr = ws_listener.local_addr().map_err(|e| e.to_string())?;
+    let listeners = [http_listener.try_clone(), ws_listener.try_clone()];
+    let [Ok(http_handle), Ok(ws_handle)] = listeners else { return Err("cannot duplicate a listening socket".into()) };
     let http = tiny_http::Server::from_listener_with_limits(http_listener, None, config.http_limits.clone());
     let http = Arc::new(http.map_err(|e| e.to_string())?);
     let process_id = i64::from_le_bytes(auth::random_bytes()) & i64::MAX;
@@ -198,7 +211,9 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
                     Ok(None) => {}
                     // The first accept error of a run (out of descriptors, say): the
                     // patched accept loop waits and tries again (vendor/tiny_http/PATCHES.md, 12).
-                    Err(error) => app.log.error("HTTP accept failed", &[("error", &error)]),
+                    // Stopping shuts the listener, which is no failure.
+                    Err(error) if !app.stop.is_set() => app.log.error("HTTP accept failed", &[("error", &error)]),
+                    Err(_) => {}
                 }
             }
             // Stopping: what tiny_http has already read is answered too. The
@@ -210,7 +225,8 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         })?;
         workers.push(worker);
     }
-    Ok(Running { app, process_id, http_addr, ws_addr, workers, deaths, sockets })
+    let listeners = [http_handle, ws_handle];
+    Ok(Running { app, process_id, http_addr, ws_addr, workers, listeners, deaths, sockets })
 }
 
 /// One request, start to finish. Never panics out: the worker lives on.

@@ -518,6 +518,12 @@ fn a_signal_stops_the_server_gracefully(signal: &str) {
 
     let closed = ws.expect_close(STOP_DEADLINE, &format!("the server stopping on SIG{signal}"));
     assert_eq!(closed.code, Some(1001), "SIG{signal}: the WebSocket is closed with 1001 (going away)");
+    // Stopped accepting, while the send is still in flight.
+    for (port, addr) in [("HTTP", http_addr), ("WebSocket", ws_addr)] {
+        let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(drop);
+        let kind = refused.as_ref().map_err(std::io::Error::kind);
+        assert_eq!(kind, Err(std::io::ErrorKind::ConnectionRefused), "SIG{signal}: a new {port} connection is refused");
+    }
     lock.commit().expect("release the row lock");
     let sent = in_flight.join().expect("the in-flight request's thread");
     sent.assert_status(201, &format!("the send in flight when SIG{signal} arrived"));
