@@ -178,15 +178,24 @@ impl Config {
 /// process's few files and short-lived connections.
 const DESCRIPTOR_MARGIN: u64 = 64;
 
+/// What one database connection holds open, as counted in `/proc/PID/fd`:
+/// its socket, and the `postgres` crate's runtime's two epoll instances and
+/// its eventfd.
+const DESCRIPTORS_PER_DATABASE_CONNECTION: usize = 4;
+
 impl Config {
     /// The open files this configuration may need at once: one per WebSocket,
     /// two per HTTP connection (tiny_http keeps a read and a write handle of
-    /// each socket), one per database connection `server::start` opens
-    /// (workers, `WORKERS / 2` job threads but at least 2, the listener, the
-    /// notifier, presence), and `DESCRIPTOR_MARGIN`.
+    /// each socket), `DESCRIPTORS_PER_DATABASE_CONNECTION` for each database
+    /// connection `server::start` opens (workers, `WORKERS / 2` job threads
+    /// but at least 2, the listener, the notifier, presence), twice over for
+    /// an old one still closing while its replacement connects, and
+    /// `DESCRIPTOR_MARGIN`.
     pub fn descriptors_needed(&self) -> u64 {
         let database = self.workers + (self.workers / 2).max(2) + 3;
-        (self.ws_max_connections + 2 * self.http_limits.max_connections + database) as u64 + DESCRIPTOR_MARGIN
+        let database_descriptors = 2 * DESCRIPTORS_PER_DATABASE_CONNECTION * database;
+        (self.ws_max_connections + 2 * self.http_limits.max_connections + database_descriptors) as u64
+            + DESCRIPTOR_MARGIN
     }
 
     /// Refuses a configuration that cannot fit in `limit` open files, in one line.
@@ -262,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn descriptors_count_websockets_http_connections_twice_the_database_and_a_margin() {
+    fn descriptors_count_websockets_http_connections_twice_database_connections_four_times_twice_and_a_margin() {
         let config = Config::from_lookup(lookup(&[
             ("DATABASE_URL", "postgresql://u@localhost/m"),
             ("SECRET_KEY", KEY),
@@ -271,7 +280,7 @@ mod tests {
             ("HTTP_MAX_CONNECTIONS", "100"),
         ]))
         .unwrap();
-        let needed = 1000 + 2 * 100 + (8 + 4 + 3) + 64;
+        let needed = 1000 + 2 * 100 + 2 * 4 * (8 + 4 + 3) + 64;
         assert_eq!(config.descriptors_needed(), needed);
         assert_eq!(config.check_descriptors(needed), Ok(()));
         let refused = config.check_descriptors(needed - 1).unwrap_err();

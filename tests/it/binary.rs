@@ -607,7 +607,7 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_one_and_logs_it() {
     let stderr = server.stderr();
     let line = stderr.lines().find(|line| line.contains(r#"msg="open files limit""#));
     let line = line.unwrap_or_else(|| panic!("no open files limit line:\n{stderr}"));
-    for part in ["level=info", "limit=2048", "was=1024", "needed=1771"] {
+    for part in ["level=info", "limit=2048", "was=1024", "needed=1820"] {
         assert!(line.contains(part), "{part} in {line}");
     }
 }
