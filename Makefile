@@ -62,12 +62,13 @@ test:
 	fi
 
 # The slow tests `make test` skips or runs only in small, behind SOAK=1: a database frozen for
-# 20 seconds (each starts its own cluster) and 10,100 idle HTTP connections against the compiled
-# server (tests/it/hostile.rs), a few minutes in all.
+# 20 seconds (each starts its own cluster), 10,100 idle HTTP connections against the compiled
+# server (tests/it/hostile.rs), and sends through database faults and hostile clients
+# (tests/it/soak.rs, which prints its figures), a few minutes in all.
 soak:
 	# 10,100 client sockets in the test process; the server gets its own limit from prlimit.
 	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt 16384 ]; then ulimit -n 16384; fi
-	SOAK=1 $(MAKE) test ARGS=soak
+	SOAK=1 $(MAKE) test ARGS='--no-capture soak'
 
 # Measure WebSocket fan-out latency and memory per idle connection, and rewrite BENCHMARKS.md.
 # The benchmark starts its own durable cluster in a temporary directory that the trap always stops.

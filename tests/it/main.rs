@@ -41,3 +41,5 @@ mod delivery;
 // The HTTP port under hostile clients: the hardening issue's probes as raw bytes, each refused or
 // answered while the workers live on; vendor/tiny_http/PATCHES.md names the test behind each patch.
 mod hostile;
+// `make soak`'s sends through database faults and hostile clients: nothing acknowledged is lost.
+mod soak;
