@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use crate::chats::{create_direct, create_group, get_chat, id_of, repeat, NO_SUCH_CHAT};
 use crate::events::all_events;
-use crate::support::{assert_keys, assert_utc_timestamp, check_error, random_hex, spawn_app, Resp, TestApp, TestUser};
+use crate::support::{
+    assert_keys, assert_utc_timestamp, check_error, random_hex, spawn_app, spawn_app_with, Resp, TestApp, TestUser,
+};
 
 /// Every key of a Message, and nothing else.
 pub const MESSAGE_KEYS: &[&str] =
@@ -613,6 +615,54 @@ fn unread_count_counts_other_peoples_live_messages_after_the_read_marker() {
     mark_read(&app, &alice, chat_id, last).assert_status(204, "marking the newest");
     assert_eq!(read_state(&app, &alice, chat_id), (last, 0), "all read");
     assert_eq!(read_state(&app, &bob, chat_id).1, 2, "alice's marker is hers alone");
+}
+
+// The unread count is a subtraction of ordinals (sql/0007_count_messages.up.sql):
+// random sends, deletes and read markers by three members, each count
+// checked against the definition, counted row by row in the database.
+#[test]
+fn unread_counts_match_their_definition_through_random_sends_deletes_and_read_markers() {
+    let app = spawn_app_with(&[("RATE_LIMITS", "off")]);
+    let users = [app.create_user(), app.create_user(), app.create_user()];
+    let chat_id = group(&app, &users[0], &[&users[1], &users[2]]);
+    let mut db = crate::support::pg::connect(&app.db_url);
+    let mut sent: Vec<(usize, Value)> = Vec::new();
+    // A small linear congruential generator: the same steps on every run.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |below: usize| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize % below
+    };
+
+    for step in 0..120 {
+        let who = next(3);
+        match next(10) {
+            0..=5 => sent.push((who, send(&app, &users[who], chat_id, &format!("m{step}")))),
+            6 if !sent.is_empty() => {
+                let (sender, message) = &sent[next(sent.len())];
+                let path = format!("/api/chats/{chat_id}/messages/{}", id_of(message));
+                let status = app.delete(&path, Some(&users[*sender].token)).status;
+                assert!(status == 204 || status == 409, "step {step}: delete answered {status}");
+            }
+            _ if !sent.is_empty() => {
+                let seq = sent[next(sent.len())].1["seq"].as_i64().unwrap();
+                mark_read(&app, &users[who], chat_id, seq).assert_status(204, &format!("step {step}: mark read"));
+            }
+            _ => {}
+        }
+        for user in &users {
+            let (last_read, unread) = read_state(&app, user, chat_id);
+            let counted: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM messages
+                      WHERE chat_id = $1 AND seq > $2 AND NOT deleted AND sender_id <> $3",
+                    &[&chat_id, &last_read, &user.id],
+                )
+                .expect("count unread messages")
+                .get(0);
+            assert_eq!(unread, counted, "step {step}: {}'s unread count", user.username);
+        }
+    }
 }
 
 #[test]

@@ -229,6 +229,20 @@ fn status_on_an_empty_database_lists_every_stem_as_pending_and_creates_nothing()
     assert_eq!(tables(&mut client), Vec::<String>::new(), "status only reads");
 }
 
+/// What the public schema holds: every relation, and every column with its type.
+fn shape(client: &mut Client) -> Vec<String> {
+    let mut shape = leftovers(client);
+    let columns = client
+        .query(
+            "SELECT table_name || '.' || column_name || ' ' || data_type FROM information_schema.columns
+              WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .expect("list columns");
+    shape.extend(columns.iter().map(|row| row.get::<_, String>(0)));
+    shape
+}
+
 #[test]
 fn down_one_rolls_back_only_the_newest_and_up_reapplies_it() {
     let mut client = connect(&empty_database());
@@ -237,15 +251,21 @@ fn down_one_rolls_back_only_the_newest_and_up_reapplies_it() {
     let stems = stems(&dir);
     let newest = stems.last().expect("at least one migration").clone();
     migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up: {e}"));
-    let all_tables = tables(&mut client);
-    let newest_tables = tables_created_by(&dir, &newest);
-    assert!(!newest_tables.is_empty(), "{newest} creates at least one table");
+    let whole = shape(&mut client);
+    // The schema as it stood before the newest migration, built from a copy without it.
+    let older_only = SqlCopy::new();
+    for direction in ["up", "down"] {
+        fs::remove_file(older_only.dir().join(format!("{newest}.{direction}.sql"))).expect("remove the newest");
+    }
+    let mut reference = connect(&empty_database());
+    migrate::up(&mut reference, &older_only.source()).unwrap_or_else(|e| panic!("up without {newest}: {e}"));
+    let before_newest = shape(&mut reference);
+    assert_ne!(whole, before_newest, "{newest} changes the schema");
 
     let rolled_back = migrate::down(&mut client, &source, 1).unwrap_or_else(|e| panic!("down 1: {e}"));
 
     assert_eq!(rolled_back, vec![newest.clone()], "down 1 rolls back the newest only");
-    let kept: Vec<String> = all_tables.iter().filter(|table| !newest_tables.contains(table)).cloned().collect();
-    assert_eq!(tables(&mut client), kept, "only the tables of {newest} are gone");
+    assert_eq!(shape(&mut client), before_newest, "the schema is as it was before {newest}");
     let older: Vec<i64> = stems[..stems.len() - 1].iter().map(|stem| version_of(stem)).collect();
     assert_eq!(recorded_versions(&mut client), older, "only the row of {newest} is gone");
     let status = migrate::status(&mut client, &source).unwrap_or_else(|e| panic!("status: {e}"));
@@ -255,7 +275,7 @@ fn down_one_rolls_back_only_the_newest_and_up_reapplies_it() {
     let reapplied = migrate::up(&mut client, &source).unwrap_or_else(|e| panic!("up again: {e}"));
 
     assert_eq!(reapplied, vec![newest.clone()], "up re-applies {newest} only");
-    assert_eq!(tables(&mut client), all_tables, "the tables of {newest} are back");
+    assert_eq!(shape(&mut client), whole, "what {newest} made is back");
     assert_eq!(recorded_versions(&mut client).len(), stems.len(), "every migration is recorded again");
 }
 
