@@ -6,9 +6,11 @@
 //! always after its transaction has committed.
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::auth;
 use crate::config::Config;
+use crate::confirm::Confirmations;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::forwarded;
@@ -20,11 +22,18 @@ use crate::model::{Event, Live, Session, SessionId, UserId};
 use crate::notify::{Notifier, Signal};
 use crate::presence::Presence;
 use crate::ratelimit::{Buckets, LoginLimiter, Occupancy, Rate};
+use crate::session_cache::SessionCache;
+use crate::store;
 use crate::watch::Stop;
+
+/// How long ending a session waits for the other processes to forget it.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
 
 /// What every worker shares: configuration and process-wide state.
 pub struct App {
     pub config: Config,
+    /// This process's id among the server processes (`server_processes`).
+    pub process_id: i64,
     pub log: Log,
     pub limits: Limits,
     /// Verified against when a login is unknown, so that case costs the same;
@@ -37,6 +46,10 @@ pub struct App {
     pub notifier: Notifier,
     pub jobs: Jobs,
     pub stop: Stop,
+    /// Verified sessions, so most requests skip the lookup (`session_cache.rs`).
+    pub sessions: Arc<SessionCache>,
+    /// Session ends waiting for the other processes to confirm (`confirm.rs`).
+    pub confirmations: Arc<Confirmations>,
 }
 
 impl App {
@@ -56,12 +69,29 @@ impl App {
         self.hub.live(live);
     }
 
-    /// Closes the WebSockets of ended sessions, on this process and the others.
-    pub fn end_sessions(&self, session_ids: Vec<SessionId>) {
+    /// Ends committed session deletions everywhere: forgets the sessions
+    /// here, closes their WebSockets on every process, and returns once every
+    /// live process has forgotten them too, or after `CONFIRM_WITHIN`
+    /// (`confirm.rs`), so a token logged out is refused everywhere as soon as
+    /// the client hears it is.
+    pub fn end_sessions(&self, db: &mut Db, session_ids: Vec<SessionId>) {
+        self.sessions.forget(&session_ids);
+        let others = db.sql().and_then(|mut sql| store::list_live_processes(&mut sql, self.process_id));
+        let others = others.unwrap_or_else(|error| {
+            self.log.warn("cannot list the live processes to confirm a session end", &[("error", &error)]);
+            Vec::new()
+        });
+        let items: Vec<i64> = session_ids.iter().map(|id| id.0).collect();
+        let ticket = self.confirmations.ticket(&others, &items);
         for session_id in &session_ids {
-            self.notifier.signal(Signal::SessionEnded { session_id: *session_id });
+            self.notifier.signal(Signal::SessionEnded { session_id: *session_id, ticket });
         }
         self.hub.sessions_ended(session_ids);
+        let missing = self.confirmations.wait(ticket, Instant::now() + CONFIRM_WITHIN);
+        if !missing.is_empty() {
+            let fields: [(&str, &dyn std::fmt::Display); 1] = [("processes", &missing.len())];
+            self.log.warn("processes did not confirm a session end in time", &fields);
+        }
     }
 }
 
@@ -120,7 +150,7 @@ impl Ctx<'_> {
 
     /// The caller's session, or `401`.
     pub fn authenticate(&mut self) -> Result<Session, ApiError> {
-        let session = auth::require(self.db, http::header(self.request, "Authorization"))?;
+        let session = auth::require(self.db, &self.app.sessions, http::header(self.request, "Authorization"))?;
         self.user_id = Some(session.user.id);
         Ok(session)
     }

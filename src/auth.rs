@@ -5,15 +5,19 @@
 //! Tokens are 32 random bytes; the database keeps only their SHA-256. A ticket
 //! is a short-lived HMAC-SHA256-signed pass naming a session, used once.
 
+use std::time::Instant;
+
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
 
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::model::{Session, SessionId};
+use crate::session_cache::SessionCache;
 use crate::store;
 
 /// Fills a fresh array from the operating system's random source.
@@ -69,10 +73,18 @@ pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && well_formed).then_some(token)
 }
 
-/// The session behind a bearer header; `401 unauthorized` when there is none.
-pub fn require(db: &mut Db, authorization: Option<&str>) -> Result<Session, ApiError> {
+/// The session behind a bearer header, from the cache or else the database;
+/// `401 unauthorized` when there is none.
+pub fn require(db: &mut Db, cache: &SessionCache, authorization: Option<&str>) -> Result<Session, ApiError> {
     let token = bearer_token(authorization).ok_or(ApiError::Unauthorized)?;
-    store::find_session(&mut db.sql()?, &token_hash(token))?.ok_or(ApiError::Unauthorized)
+    let hash = token_hash(token);
+    if let Some(session) = cache.get(&hash, Instant::now(), OffsetDateTime::now_utc()) {
+        return Ok(session);
+    }
+    let generation = cache.generation();
+    let session = store::find_session(&mut db.sql()?, &hash)?.ok_or(ApiError::Unauthorized)?;
+    cache.put(hash, session.clone(), generation, Instant::now());
+    Ok(session)
 }
 
 /// How long a WebSocket ticket stays valid.

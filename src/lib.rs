@@ -13,12 +13,14 @@ pub mod log;
 mod error;
 mod ratelimit;
 mod forwarded;
+mod confirm;
 pub mod config;
 mod db;
 mod router;
 mod http;
 pub mod watch;
 mod sequencer;
+mod session_cache;
 mod directory;
 pub mod migrate;
 mod store;
@@ -46,8 +48,8 @@ mod tests {
     /// layers below its own, so no two modules import each other, however
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 11] = [
-        &["model", "log", "ratelimit", "forwarded"],
-        &["error", "watch", "sequencer"],
+        &["model", "log", "ratelimit", "forwarded", "confirm"],
+        &["error", "watch", "sequencer", "session_cache"],
         &["db", "router", "http", "directory"],
         &["store", "migrate"],
         &["config", "auth", "jobs", "notify"],

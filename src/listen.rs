@@ -4,20 +4,34 @@
 //!
 //! When that connection is lost, it is opened again and LISTEN re-issued;
 //! notifications sent meanwhile are lost, so the hub then closes every
-//! WebSocket with 4008 and clients catch up from `/events`.
+//! WebSocket with 4008 and clients catch up from `/events`, and the session
+//! cache forgets everything. The cache is used only while this thread keeps
+//! finishing rounds (`session_cache.rs`).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 
+use crate::confirm::Confirmations;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::log::Log;
 use crate::model::Live;
-use crate::notify::{decode_payload, Signal};
+use crate::notify::{decode_payload, Notifier, Signal};
+use crate::session_cache::SessionCache;
 use crate::store;
 use crate::watch::{Stop, Watch};
+
+/// Where what the listener hears goes.
+pub struct Recipients {
+    pub hub: Hub,
+    /// For confirming session ends to the process that asked.
+    pub notifier: Notifier,
+    pub sessions: Arc<SessionCache>,
+    pub confirmations: Arc<Confirmations>,
+}
 
 /// The most notifications the listener hands on at once.
 const MAX_BATCH: usize = 256;
@@ -26,11 +40,11 @@ const MAX_BATCH: usize = 256;
 const WAIT: Duration = Duration::from_secs(1);
 
 /// Starts the watched listener thread; it ends when the server stops.
-pub fn start(db: Db, process_id: i64, hub: Hub, stop: Stop, log: Log, watch: &Watch) -> Result<(), String> {
-    watch.spawn("listener", move || run(db, process_id, &hub, &stop, log)).map(drop)
+pub fn start(db: Db, process_id: i64, to: Recipients, stop: Stop, log: Log, watch: &Watch) -> Result<(), String> {
+    watch.spawn("listener", move || run(db, process_id, &to, &stop, log)).map(drop)
 }
 
-fn run(mut db: Db, process_id: i64, hub: &Hub, stop: &Stop, log: Log) {
+fn run(mut db: Db, process_id: i64, to: &Recipients, stop: &Stop, log: Log) {
     let mut backoff = Duration::from_millis(100);
     // Whether the connection is known lost, so that an outage is logged once.
     let mut lost = false;
@@ -47,26 +61,30 @@ fn run(mut db: Db, process_id: i64, hub: &Hub, stop: &Stop, log: Log) {
             continue;
         }
         backoff = Duration::from_millis(100);
+        to.sessions.forget_all();
         if listened_before {
             log.info("LISTEN is back; every WebSocket resyncs", &[("thread", &"listener")]);
-            hub.resync();
+            to.hub.resync();
         }
         listened_before = true;
         lost = false;
         while !stop.is_set() {
-            if let Err(error) = relay(&mut db, process_id, hub) {
+            let started = Instant::now();
+            if let Err(error) = relay(&mut db, process_id, to) {
                 log.warn("lost the LISTEN connection", &[("thread", &"listener"), ("error", &error)]);
                 lost = true;
                 break;
             }
+            to.sessions.heard(started);
         }
+        to.sessions.forget_all();
         db.disconnect();
     }
 }
 
 /// Waits up to `WAIT` for notifications and hands them to the hub; an error
 /// when the connection is gone.
-fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> Result<(), ApiError> {
+fn relay(db: &mut Db, process_id: i64, to: &Recipients) -> Result<(), ApiError> {
     let mut sql = db.sql()?;
     let mut payloads = Vec::new();
     {
@@ -92,13 +110,24 @@ fn relay(db: &mut Db, process_id: i64, hub: &Hub) -> Result<(), ApiError> {
         if origin == process_id {
             continue;
         }
+        let hub = &to.hub;
         for signal in signals {
             match signal {
                 Signal::Event { chat_id, seq, added } => hub.remote_event(chat_id, seq, added),
                 Signal::Typing { chat_id, user_id } => hub.live(Live::Typing { chat_id, user_id }),
                 Signal::Read { chat_id, user_id, seq } => hub.live(Live::Read { chat_id, user_id, seq }),
                 Signal::Presence { user_id, online } => hub.remote_presence(user_id, online),
-                Signal::SessionEnded { session_id } => hub.sessions_ended(vec![session_id]),
+                Signal::SessionEnded { session_id, ticket } => {
+                    to.sessions.forget(&[session_id]);
+                    hub.sessions_ended(vec![session_id]);
+                    if ticket != 0 {
+                        to.notifier.signal(Signal::Confirmed { to: origin, ticket, session_id });
+                    }
+                }
+                Signal::Confirmed { to: asker, ticket, session_id } if asker == process_id => {
+                    to.confirmations.confirm(ticket, origin, session_id.0)
+                }
+                Signal::Confirmed { .. } => {}
                 Signal::Resync => hub.resync(),
             }
         }

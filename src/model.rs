@@ -60,6 +60,7 @@ pub struct User {
 pub struct Session {
     pub id: SessionId,
     pub user: Me,
+    pub expires_at: OffsetDateTime,
 }
 
 /// A chat as its member sees it.

@@ -10,7 +10,9 @@
 //!
 //! A payload is the sender's process id on the first line, then one signal a line:
 //! `e <chat> <seq> [<added user>]`, `t <chat> <user>`, `r <chat> <user> <seq>`, `p <user> <0|1>`,
-//! `s <session>`, and `x` when the sender lost signals and everyone must catch up.
+//! `s <session> <ticket>`, `c <process> <ticket> <session>` (confirming a session end to
+//! the process that asked; `confirm.rs`), and `x` when the sender lost signals and everyone
+//! must catch up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,7 +56,16 @@ pub enum Signal {
         user_id: UserId,
         online: bool,
     },
+    /// A session ended; `ticket` (unless 0) asks every listener to confirm
+    /// once it forgot the session.
     SessionEnded {
+        session_id: SessionId,
+        ticket: u64,
+    },
+    /// Tells process `to` that the sender forgot `session_id`, of `ticket`.
+    Confirmed {
+        to: i64,
+        ticket: u64,
         session_id: SessionId,
     },
     /// This process lost signals it should have sent: everyone must catch up.
@@ -78,7 +89,8 @@ impl Signal {
             Signal::Typing { chat_id, user_id } => format!("t {chat_id} {user_id}"),
             Signal::Read { chat_id, user_id, seq } => format!("r {chat_id} {user_id} {seq}"),
             Signal::Presence { user_id, online } => format!("p {user_id} {}", u8::from(*online)),
-            Signal::SessionEnded { session_id } => format!("s {session_id}"),
+            Signal::SessionEnded { session_id, ticket } => format!("s {session_id} {ticket}"),
+            Signal::Confirmed { to, ticket, session_id } => format!("c {to} {ticket} {session_id}"),
             Signal::Resync => "x".to_string(),
         }
     }
@@ -93,7 +105,10 @@ impl Signal {
             (Some("t"), 3) => Signal::Typing { chat_id: chat(1)?, user_id: user(2)? },
             (Some("r"), 4) => Signal::Read { chat_id: chat(1)?, user_id: user(2)?, seq: n(3)? },
             (Some("p"), 3) => Signal::Presence { user_id: user(1)?, online: n(2)? == 1 },
-            (Some("s"), 2) => Signal::SessionEnded { session_id: SessionId(n(1)?) },
+            (Some("s"), 3) => Signal::SessionEnded { session_id: SessionId(n(1)?), ticket: parts[2].parse().ok()? },
+            (Some("c"), 4) => {
+                Signal::Confirmed { to: n(1)?, ticket: parts[2].parse().ok()?, session_id: SessionId(n(3)?) }
+            }
             (Some("x"), 1) => Signal::Resync,
             _ => return None,
         })
@@ -223,7 +238,8 @@ mod tests {
             Signal::Read { chat_id: ChatId(5), user_id: UserId(6), seq: 7 },
             Signal::Presence { user_id: UserId(8), online: true },
             Signal::Presence { user_id: UserId(9), online: false },
-            Signal::SessionEnded { session_id: SessionId(10) },
+            Signal::SessionEnded { session_id: SessionId(10), ticket: 11 },
+            Signal::Confirmed { to: 12, ticket: u64::MAX, session_id: SessionId(13) },
             Signal::Resync,
         ];
         let payload = format!("42\n{}", signals.iter().map(Signal::encode).collect::<Vec<_>>().join("\n"));

@@ -20,6 +20,7 @@ use crate::app::{App, Ctx, Limits};
 use crate::auth;
 use crate::chats;
 use crate::config::Config;
+use crate::confirm::Confirmations;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::events;
@@ -35,6 +36,7 @@ use crate::notify::Notifier;
 use crate::ops;
 use crate::presence::{self, Presence};
 use crate::router::{self, Route};
+use crate::session_cache::SessionCache;
 use crate::watch::{panic_message, Stop, Watch};
 use crate::ws;
 
@@ -182,7 +184,15 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let hub = Hub::start(jobs.clone(), notifier.clone(), log, &watch)?;
     let presence = Arc::new(Presence::new(process_id, hub.clone(), notifier.clone(), log));
     presence::register_process(url, process_id)?;
-    listen::start(Db::new(url)?, process_id, hub.clone(), stop.clone(), log, &watch)?;
+    let sessions = Arc::new(SessionCache::default());
+    let confirmations = Arc::new(Confirmations::default());
+    let recipients = listen::Recipients {
+        hub: hub.clone(),
+        notifier: notifier.clone(),
+        sessions: sessions.clone(),
+        confirmations: confirmations.clone(),
+    };
+    listen::start(Db::new(url)?, process_id, recipients, stop.clone(), log, &watch)?;
     presence::start(presence.clone(), Db::new(url)?, stop.clone(), &watch)?;
     let app = Arc::new(App {
         log,
@@ -194,6 +204,9 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         notifier,
         jobs,
         stop,
+        sessions,
+        confirmations,
+        process_id,
         config,
     });
     let sockets = ws::listen(app.clone(), ws_listener, &watch)?;

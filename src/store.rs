@@ -55,6 +55,11 @@ fn me_from(row: &Row, first: usize) -> Me {
     Me { id: row.get(first), username: row.get(first + 1), email: row.get(first + 2), created_at: row.get(first + 3) }
 }
 
+/// A session from `s.id, <user columns>, s.expires_at`.
+fn session_from(row: &Row) -> Session {
+    Session { id: row.get(0), user: me_from(row, 1), expires_at: row.get(5) }
+}
+
 /// Inserts an account; a taken username or email is `409` naming the field.
 pub fn insert_user(
     sql: &mut Sql<impl GenericClient>,
@@ -112,12 +117,12 @@ pub fn insert_session(
 /// The live (unexpired) session for a token's hash, with its user.
 pub fn find_session(sql: &mut Sql<impl GenericClient>, token_hash: &[u8; 32]) -> Result<Option<Session>, ApiError> {
     let row = sql.query_opt(
-        "SELECT s.id, u.id, u.username, u.email, u.created_at
+        "SELECT s.id, u.id, u.username, u.email, u.created_at, s.expires_at
          FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.token_hash = $1 AND s.expires_at > now()",
         &[&token_hash.as_slice()],
     )?;
-    Ok(row.map(|row| Session { id: row.get(0), user: me_from(&row, 1) }))
+    Ok(row.map(|row| session_from(&row)))
 }
 
 pub fn delete_session(sql: &mut Sql<impl GenericClient>, session_id: SessionId) -> Result<(), ApiError> {
@@ -659,12 +664,12 @@ pub fn find_session_by_id(
     session_id: SessionId,
 ) -> Result<Option<Session>, ApiError> {
     let row = sql.query_opt(
-        "SELECT s.id, u.id, u.username, u.email, u.created_at
+        "SELECT s.id, u.id, u.username, u.email, u.created_at, s.expires_at
          FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.id = $1 AND s.expires_at > now()",
         &[&session_id],
     )?;
-    Ok(row.map(|row| Session { id: row.get(0), user: me_from(&row, 1) }))
+    Ok(row.map(|row| session_from(&row)))
 }
 
 /// Which of these sessions still exist and have not expired.
@@ -711,6 +716,15 @@ pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Resul
 
 /// Forgets processes that stopped beating a minute ago, and their presence;
 /// returns how many processes, and the users whose connections those were (each once).
+/// The other server processes that are alive: their heartbeat is recent.
+pub fn list_live_processes(sql: &mut Sql<impl GenericClient>, except: i64) -> Result<Vec<i64>, ApiError> {
+    let rows = sql.query(
+        "SELECT id FROM server_processes WHERE id <> $1 AND heartbeat_at > now() - interval '15 seconds'",
+        &[&except],
+    )?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<(i64, Vec<UserId>), ApiError> {
     let row = sql.query_one(
         "WITH dead AS (DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute' RETURNING id),

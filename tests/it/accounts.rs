@@ -866,3 +866,53 @@ fn seed_logout_answers_the_seed_message_and_ends_the_session() {
     let resp = app.raw("POST", "/user/logout", &[("Authorization", &authorization)], b"");
     check_error(&resp, 401, "unauthorized", None);
 }
+
+/// `METHOD path` on the compiled server at `addr`, with `token` as the bearer.
+fn as_bearer(addr: SocketAddr, method: &str, path: &str, token: &str) -> Resp {
+    let authorization = format!("Bearer {token}");
+    request(addr, method, path, &[("Authorization", &authorization)], b"")
+}
+
+// Issue 14: sessions are cached per process, so ending one must reach every
+// process's cache before the client hears it ended (src/confirm.rs).
+#[test]
+fn a_session_ended_on_one_process_is_refused_by_another_at_once() {
+    let db_url = fresh_database();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (_a, http_a, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
+    let (_b, http_b, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
+    let signup = json!({ "username": "alice", "email": "alice@example.com", "password": PASSWORD }).to_string();
+    let json_headers = [("Content-Type", "application/json")];
+    request(http_a, "POST", "/api/users", &json_headers, signup.as_bytes()).assert_status(201, "signup");
+    let login = json!({ "login": "alice", "password": PASSWORD }).to_string();
+
+    for round in 0..20 {
+        let tokens: Vec<String> = (0..2)
+            .map(|_| {
+                let resp = request(http_a, "POST", "/api/sessions", &json_headers, login.as_bytes());
+                resp.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string()
+            })
+            .collect();
+        for token in &tokens {
+            // Twice, so that process B has surely cached the session.
+            for _ in 0..2 {
+                as_bearer(http_b, "GET", "/api/users/me", token)
+                    .assert_status(200, &format!("round {round}: B knows it"));
+            }
+        }
+        // Round by round, the session ends by logout or by logout everywhere.
+        let (ending, path) =
+            if round % 2 == 0 { (&tokens[..1], "/api/sessions/current") } else { (&tokens[..], "/api/sessions") };
+        as_bearer(http_a, "DELETE", path, &tokens[0]).assert_status(204, &format!("round {round}: DELETE {path} on A"));
+
+        for token in ending {
+            let resp = as_bearer(http_b, "GET", "/api/users/me", token);
+            check_error(&resp, 401, "unauthorized", None);
+        }
+        if let [_, kept] = &tokens[..] {
+            if round % 2 == 0 {
+                as_bearer(http_b, "GET", "/api/users/me", kept).assert_status(200, "the other session lives on");
+            }
+        }
+    }
+}
