@@ -24,7 +24,7 @@ use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
 use crate::http::Conn;
-use crate::probe::{Probe, Usage};
+use crate::probe::{observe, Usage};
 use crate::report::{self, Check, Round, Row, Section, Target};
 use crate::setup::{self, User};
 use crate::stats::{self, interleave, Summary};
@@ -67,18 +67,14 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         eprintln!("bench: {MEMBERS} members connected in {:.1?}", connected.elapsed());
         let readers = Readers::start(sockets, READER_THREADS)?;
         thread::sleep(SETTLE);
-        let subjects = bench.subjects(&[server], "bench")?;
+        let subjects = bench.subjects(&[server.pid], "bench")?;
         let secs = bench.options.secs;
 
         if bench.options.runs("P4") {
             let pairs = interleave(
                 bench.options.rounds,
-                |_| {
-                    let probe = Probe::start(&subjects);
-                    let round = latency_round(server.http, &members[0], big, &tags, secs, &readers, MEMBERS)?;
-                    Ok((round, probe.finish()))
-                },
-                |_| latency_round(server.http, &members[0], alone, &tags, secs, &readers, 1),
+                |_| observe(&subjects, || latency_round(server.http, &members[0], big, &tags, secs, &readers, MEMBERS)),
+                |_| observe(&subjects, || latency_round(server.http, &members[0], alone, &tags, secs, &readers, 1)),
             )?;
             let spec = LatencyReport {
                 id: "P4",
@@ -97,16 +93,13 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         if bench.options.runs("P5") {
             let senders = &members[..SENDERS];
             let baseline = BareLoop::open(MEMBERS)?;
+            let bare_subjects = bench.subjects(&[std::process::id()], "bench")?;
             let pairs = interleave(
                 bench.options.rounds,
-                |_| {
-                    let probe = Probe::start(&subjects);
-                    let rate = sustained_round(server.http, senders, big, secs, &readers)?;
-                    Ok((rate, probe.finish()))
-                },
+                |_| observe(&subjects, || sustained_round(server.http, senders, big, secs, &readers)),
                 |_| {
                     let sample = readers.sample().ok_or("no message.created frame was seen to copy")?;
-                    baseline.round(sample.as_bytes(), secs)
+                    observe(&bare_subjects, || baseline.round(sample.as_bytes(), secs))
                 },
             )?;
             sections.push(throughput_section(pairs, secs));
@@ -125,16 +118,19 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         let sockets = ws::connect_many(&targets, CONNECTING_THREADS)?.into_iter().map(|(socket, _)| socket).collect();
         let readers = Readers::start(sockets, READER_THREADS)?;
         thread::sleep(SETTLE);
-        let subjects = bench.subjects(&[server, second], "bench")?;
+        let subjects = bench.subjects(&[server.pid, second.pid], "bench")?;
         let secs = bench.options.secs;
+        let (sender_split, sender_one) = (&two_processes[0], &one_process[0]);
         let pairs = interleave(
             bench.options.rounds,
             |_| {
-                let probe = Probe::start(&subjects);
-                let round = latency_round(server.http, &two_processes[0], split, &tags, secs, &readers, SPLIT_MEMBERS)?;
-                Ok((round, probe.finish()))
+                observe(&subjects, || {
+                    latency_round(server.http, sender_split, split, &tags, secs, &readers, SPLIT_MEMBERS)
+                })
             },
-            |_| latency_round(server.http, &one_process[0], one, &tags, secs, &readers, SPLIT_MEMBERS),
+            |_| {
+                observe(&subjects, || latency_round(server.http, sender_one, one, &tags, secs, &readers, SPLIT_MEMBERS))
+            },
         )?;
         let spec = LatencyReport {
             id: "P10",
@@ -250,21 +246,25 @@ struct LatencyReport {
 }
 
 /// The row and detail of a latency comparison: the rounds' p99s, their ratio, and ours against its ceiling.
-fn latency_section(spec: LatencyReport, pairs: Vec<((Latency, Usage), Latency)>) -> Section {
+fn latency_section(spec: LatencyReport, pairs: Vec<((Latency, Usage), (Latency, Usage))>) -> Section {
     let rounds: Vec<Round> = pairs
         .iter()
-        .map(|((ours, usage), base)| Round {
+        .map(|((ours, ours_usage), (base, baseline_usage))| Round {
             ours: ours.from_send.p99,
             ours_text: ours.describe(),
+            ours_usage: ours_usage.clone(),
             baseline: base.from_send.p99,
             baseline_text: base.describe(),
-            usage: usage.clone(),
+            baseline_usage: baseline_usage.clone(),
         })
         .collect();
     let compared = report::compare(&rounds);
     let median_p99 = |ours: bool| {
         stats::median(
-            &pairs.iter().map(|((o, _), b)| if ours { o.from_send.p99 } else { b.from_send.p99 }).collect::<Vec<_>>(),
+            &pairs
+                .iter()
+                .map(|((o, _), (b, _))| if ours { o.from_send.p99 } else { b.from_send.p99 })
+                .collect::<Vec<_>>(),
         )
     };
     let mut checks = vec![Check {
@@ -277,7 +277,7 @@ fn latency_section(spec: LatencyReport, pairs: Vec<((Latency, Usage), Latency)>)
         checks.push(Check { what: "p99", value: median_p99(true), target: Target::AtMost(ceiling), unit: " ms" });
     }
     let missing: usize =
-        pairs.iter().map(|((o, _), b)| o.expected - o.from_send.count + b.expected - b.from_send.count).sum();
+        pairs.iter().map(|((o, _), (b, _))| o.expected - o.from_send.count + b.expected - b.from_send.count).sum();
     let mut detail = spec.method;
     detail.push_str(&compared.detail);
     if missing > 0 {
@@ -302,7 +302,8 @@ fn latency_section(spec: LatencyReport, pairs: Vec<((Latency, Usage), Latency)>)
 /// Deliveries per second in one round, and whether every delivery arrived.
 struct Sustained {
     per_sec: f64,
-    sent: u64,
+    /// Frames written, or messages sent times members.
+    expected: u64,
     missing: u64,
     ended: Vec<String>,
 }
@@ -312,34 +313,35 @@ impl Sustained {
         let ended =
             if self.ended.is_empty() { String::new() } else { format!(", {} connections ended", self.ended.len()) };
         format!(
-            "{} deliveries/s ({} messages/s), {} messages, {} deliveries missing{ended}",
+            "{} deliveries/s ({} messages/s to all {MEMBERS}), {} deliveries, {} missing{ended}",
             report::number(self.per_sec),
             report::number(self.per_sec / MEMBERS as f64),
-            self.sent,
+            self.expected,
             self.missing
         )
     }
 }
 
-/// Counts deliveries for `secs` after `WARM_UP`, with `send_one` called whenever fewer than `WINDOW` messages
-/// are on their way to every member; stops sending, then waits for the rest to arrive.
+/// Counts deliveries for `secs` after `WARM_UP` while `senders` threads call `send_one(sender, index)`, each
+/// call making `per_send` deliveries, whenever fewer than `WINDOW` messages' worth of deliveries are on their
+/// way; then stops sending and waits for the rest to arrive.
 fn windowed_round(
     readers: &Readers,
-    members: u64,
+    per_send: u64,
     secs: u64,
     senders: usize,
     send_one: impl Fn(usize, u64) -> BenchResult<()> + Sync,
 ) -> BenchResult<Sustained> {
     let delivered_before = readers.delivered();
     let (sent, stop) = (AtomicU64::new(0), AtomicBool::new(false));
-    let in_flight = |sent: u64| (sent * members).saturating_sub(readers.delivered() - delivered_before);
+    let in_flight = |sent: u64| (sent * per_send).saturating_sub(readers.delivered() - delivered_before);
     let (per_sec, failures) = thread::scope(|scope| {
         let workers: Vec<_> = (0..senders)
             .map(|sender| {
                 let (sent, stop, send_one) = (&sent, &stop, &send_one);
                 scope.spawn(move || -> BenchResult<()> {
                     while !stop.load(Ordering::Acquire) {
-                        if in_flight(sent.load(Ordering::Acquire)) >= WINDOW * members {
+                        if in_flight(sent.load(Ordering::Acquire)) >= WINDOW * MEMBERS as u64 {
                             thread::sleep(Duration::from_micros(100));
                             continue;
                         }
@@ -362,8 +364,8 @@ fn windowed_round(
         return Err(failure.clone());
     }
     let sent = sent.load(Ordering::Acquire);
-    readers.wait_for(delivered_before + sent * members, DELIVERY_GRACE);
-    Ok(Sustained { per_sec, sent, missing: in_flight(sent), ended: readers.ended() })
+    readers.wait_for(delivered_before + sent * per_send, DELIVERY_GRACE);
+    Ok(Sustained { per_sec, expected: sent * per_send, missing: in_flight(sent), ended: readers.ended() })
 }
 
 /// P5's ours: `SENDERS` keep-alive connections sending into the chat of `MEMBERS` members.
@@ -386,8 +388,9 @@ fn sustained_round(
 
 /// P5's baseline: loopback TCP connections this process writes frames to itself, read by the same readers.
 struct BareLoop {
-    /// The accepted ends, written to in turn by one thread.
-    writers: Vec<TcpStream>,
+    /// The accepted ends, in one share per CPU: each share is written to in turn by a loop of its own, as the
+    /// server's writes may use every CPU too.
+    shares: Vec<Vec<TcpStream>>,
     readers: Readers,
 }
 
@@ -395,7 +398,8 @@ impl BareLoop {
     fn open(connections: usize) -> BenchResult<BareLoop> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bare loop: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let mut writers = Vec::with_capacity(connections);
+        let loops = thread::available_parallelism().map_or(1, |n| n.get());
+        let mut shares: Vec<Vec<TcpStream>> = (0..loops).map(|_| Vec::new()).collect();
         let mut sockets = Vec::with_capacity(connections);
         for _ in 0..connections {
             let client = TcpStream::connect(addr).map_err(|e| format!("bare loop connect: {e}"))?;
@@ -403,20 +407,25 @@ impl BareLoop {
             for stream in [&client, &accepted] {
                 stream.set_nodelay(true).map_err(|e| e.to_string())?;
             }
-            writers.push(accepted);
+            shares[sockets.len() % loops].push(accepted);
             sockets.push(WebSocket::from_raw_socket(client, Role::Client, None));
         }
-        Ok(BareLoop { writers, readers: Readers::start(sockets, READER_THREADS)? })
+        Ok(BareLoop { shares, readers: Readers::start(sockets, READER_THREADS)? })
     }
 
-    /// Writes `text` as one WebSocket text frame to every connection in turn, as fast as the window allows.
+    /// Writes `text` as one WebSocket text frame to every connection, each loop over its share in turn, as
+    /// fast as the window allows.
     fn round(&self, text: &[u8], secs: u64) -> BenchResult<Sustained> {
         let mut frame = Vec::new();
         Frame::message(text.to_vec(), OpCode::Data(Data::Text), true)
             .format(&mut frame)
             .map_err(|e| format!("encoding the frame: {e}"))?;
-        windowed_round(&self.readers, self.writers.len() as u64, secs, 1, |_, _| {
-            for mut writer in &self.writers {
+        let share = self.shares[0].len() as u64;
+        if self.shares.iter().any(|other| other.len() as u64 != share) {
+            return Err(format!("{MEMBERS} connections do not split evenly over {} loops", self.shares.len()));
+        }
+        windowed_round(&self.readers, share, secs, self.shares.len(), |loop_index, _| {
+            for mut writer in &self.shares[loop_index] {
                 writer.write_all(&frame).map_err(|e| format!("bare loop write: {e}"))?;
             }
             Ok(())
@@ -424,20 +433,23 @@ impl BareLoop {
     }
 }
 
-fn throughput_section(pairs: Vec<((Sustained, Usage), Sustained)>, secs: u64) -> Section {
+fn throughput_section(pairs: Vec<((Sustained, Usage), (Sustained, Usage))>, secs: u64) -> Section {
     let rounds: Vec<Round> = pairs
         .iter()
-        .map(|((ours, usage), base)| Round {
+        .map(|((ours, ours_usage), (base, baseline_usage))| Round {
             ours: ours.per_sec,
             ours_text: ours.describe(),
+            ours_usage: ours_usage.clone(),
             baseline: base.per_sec,
             baseline_text: base.describe(),
-            usage: usage.clone(),
+            baseline_usage: baseline_usage.clone(),
         })
         .collect();
     let compared = report::compare(&rounds);
     let median = |ours: bool| {
-        stats::median(&pairs.iter().map(|((o, _), b)| if ours { o.per_sec } else { b.per_sec }).collect::<Vec<_>>())
+        stats::median(
+            &pairs.iter().map(|((o, _), (b, _))| if ours { o.per_sec } else { b.per_sec }).collect::<Vec<_>>(),
+        )
     };
     let troubles: Vec<String> = pairs
         .iter()
@@ -446,7 +458,7 @@ fn throughput_section(pairs: Vec<((Sustained, Usage), Sustained)>, secs: u64) ->
         .collect();
     let mut detail = format!(
         "P4's {MEMBERS} connections and readers. Ours: {SENDERS} senders (the first members, each on its own keep-alive connection) post into the {MEMBERS}-member group, each waiting while {WINDOW} messages are not yet delivered to every member, so the send rate settles at the highest the fan-out sustains (no connection falls behind: the queues hold at most {WINDOW} frames). Deliveries are counted for {secs} s after {WARM_UP:?} of sending.\n\
-         Baseline: one thread of this process writes a copy of a `message.created` frame the server sent, pre-encoded, to {MEMBERS} loopback TCP connections in turn, under the same window, read by the same readers.\n\
+         Baseline: a copy of a `message.created` frame the server sent, pre-encoded, written to {MEMBERS} loopback TCP connections by bare loops in this process, one per CPU, each over its share of the connections in turn, under the same window, read by the same readers.\n\
          Targets: at least 0.5 of the bare loop's deliveries per second, and at least 50,000.\n\n{}",
         compared.detail
     );

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::probe::observe;
 use crate::report::{Check, Row, Section, Target};
 use crate::stats;
-use crate::versus::{probed, versus, wrk_medians};
+use crate::versus::{versus, wrk_medians};
 use crate::{wrk, Bench, BenchResult};
 
 const CLIENTS: [usize; 3] = [1, 16, 64];
@@ -23,7 +24,8 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
     let workers = bench.workers()?;
     let hello = HelloWorld::start(workers)?;
     let server = bench.main_server();
-    let subjects = bench.subjects(&[server], "wrk")?;
+    let subjects = bench.subjects(&[server.pid], "wrk")?;
+    let hello_subjects = bench.subjects(&[std::process::id()], "wrk")?;
     let (rounds, secs) = (bench.options.rounds, bench.options.secs);
     let mut rows = Vec::new();
     let mut detail = format!(
@@ -36,8 +38,8 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
             |addr| wrk::Load { addr, path: "/healthz", connections: clients, secs, per_client: None, header: None };
         let measured = versus(
             rounds,
-            || probed(&subjects, &load(server.http)),
-            || wrk::run(&load(hello.addr)),
+            || observe(&subjects, || wrk::run(&load(server.http))),
+            || observe(&hello_subjects, || wrk::run(&load(hello.addr))),
             |ours| ours.requests_per_sec,
             |hello| hello.requests_per_sec,
         )?;

@@ -4,10 +4,11 @@
 //! round trips between them cost on top of the database's work.
 
 use crate::pgbench;
+use crate::probe::observe;
 use crate::report::{self, Check, Row, Section, Target};
 use crate::setup;
 use crate::stats;
-use crate::versus::{probed, versus, wrk_medians};
+use crate::versus::{versus, wrk_medians};
 use crate::wrk::{self, PerClient};
 use crate::{Bench, BenchResult};
 
@@ -34,7 +35,8 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         ("before", i64::MAX.to_string()),
         ("page_rows", "51".to_string()),
     ];
-    let subjects = bench.subjects(&[server], "wrk")?;
+    let subjects = bench.subjects(&[server.pid], "wrk")?;
+    let pgbench_subjects = bench.subjects(&[], "pgbench")?;
     let mut rows = Vec::new();
     let mut detail = format!(
         "wrk: `GET {path}` (the newest 50 of {HISTORY} messages, written with SQL before the run), one wrk thread per connection, connection N as the member `reader{{N}}` with its own token, {secs} s per round.\n\
@@ -52,8 +54,11 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         };
         let measured = versus(
             rounds,
-            || probed(&subjects, &load),
-            || pgbench::run(&bench.cluster, &pgbench::Load { script: &selects, clients, secs, variables: &variables }),
+            || observe(&subjects, || wrk::run(&load)),
+            || {
+                let load = pgbench::Load { script: &selects, clients, secs, variables: &variables };
+                observe(&pgbench_subjects, || pgbench::run(&bench.cluster, &load))
+            },
             |ours| ours.requests_per_sec,
             |selects| selects.tps,
         )?;

@@ -220,10 +220,10 @@ impl Bench {
         Ok(self.pools[pool][..count].to_vec())
     }
 
-    /// The processes a measurement of `servers` under load from `load` involves.
-    pub fn subjects(&self, servers: &[Endpoint], load: &'static str) -> BenchResult<Subjects> {
+    /// The processes a measurement involves: the servers' (process ids) and what drives the load.
+    pub fn subjects(&self, servers: &[u32], load: &'static str) -> BenchResult<Subjects> {
         Ok(Subjects {
-            servers: servers.iter().map(|server| server.pid).collect(),
+            servers: servers.to_vec(),
             postmaster: self.cluster.postmaster_pid()?,
             url: self.cluster.url.clone(),
             load,

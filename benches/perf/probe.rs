@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
+use crate::BenchResult;
+
 /// How often PostgreSQL's backends are sampled.
 const WAIT_SAMPLE: Duration = Duration::from_millis(50);
 /// Above this share of all CPUs busy, the machine's CPU is what limited the run.
@@ -18,7 +20,7 @@ const CPU_BOUND: f64 = 0.85;
 /// The processes a measurement involves.
 #[derive(Clone)]
 pub struct Subjects {
-    /// The server processes under load (none for a baseline that does not use them).
+    /// The server processes under load: none for pgbench, this process for a baseline it serves itself.
     pub servers: Vec<u32>,
     pub postmaster: u32,
     pub url: String,
@@ -106,7 +108,9 @@ impl Probe {
         let busy_share = (end.machine_busy - start.machine_busy) / machine_all;
         let server = percent(end.servers - start.servers);
         let postgres = percent(end.postgres - start.postgres);
-        let load = percent((end.own - start.own) + (end.exited_children - start.exited_children));
+        // This process is either a server (P3's hello-world, P5's bare loop) or a load generator.
+        let own = if self.subjects.servers.contains(&std::process::id()) { 0.0 } else { end.own - start.own };
+        let load = percent(own + (end.exited_children - start.exited_children));
         let busy = busy_share * cpus * 100.0;
         let mut by_event: Vec<(String, f64)> = waits
             .by_event
@@ -127,6 +131,13 @@ impl Probe {
             waits: by_event,
         }
     }
+}
+
+/// Runs `measure` under a probe of `subjects`.
+pub fn observe<T>(subjects: &Subjects, measure: impl FnOnce() -> BenchResult<T>) -> BenchResult<(T, Usage)> {
+    let probe = Probe::start(subjects);
+    let measured = measure()?;
+    Ok((measured, probe.finish()))
 }
 
 impl Usage {

@@ -324,13 +324,14 @@ pub fn rounds_table(ours: &[String], baseline: &[String], ratios: &[f64]) -> Str
     md
 }
 
-/// One interleaved round: our figure and the baseline's, each with how it reads, and what ours ran into.
+/// One interleaved round: our figure and the baseline's, each with how it reads and what it ran into.
 pub struct Round {
     pub ours: f64,
     pub ours_text: String,
+    pub ours_usage: Usage,
     pub baseline: f64,
     pub baseline_text: String,
-    pub usage: Usage,
+    pub baseline_usage: Usage,
 }
 
 /// What the rounds of a comparison add up to.
@@ -354,7 +355,8 @@ pub fn compare(rounds: &[Round]) -> Compared {
     );
     detail.push('\n');
     for (round, r) in rounds.iter().enumerate() {
-        detail.push_str(&format!("- Round {}, ours: {}\n", round + 1, r.usage.describe()));
+        detail.push_str(&format!("- Round {}, ours: {}\n", round + 1, r.ours_usage.describe()));
+        detail.push_str(&format!("- Round {}, baseline: {}\n", round + 1, r.baseline_usage.describe()));
     }
-    Compared { ratio: Ratio::of_rounds(&ours, &baseline), limited_by: median_round.usage.limited_by(), detail }
+    Compared { ratio: Ratio::of_rounds(&ours, &baseline), limited_by: median_round.ours_usage.limited_by(), detail }
 }

@@ -13,10 +13,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::pgbench;
+use crate::probe::observe;
 use crate::report::{self, Check, Row, Section, Target};
 use crate::setup::{self, User};
 use crate::stats;
-use crate::versus::{probed, versus, wrk_medians};
+use crate::versus::{versus, wrk_medians};
 use crate::wrk::{self, PerClient};
 use crate::ws::{self, Readers};
 use crate::{Bench, BenchResult, Endpoint};
@@ -53,12 +54,13 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         per_client: Some(PerClient { script: &script, clients: &clients_file, method: "POST", body: Some(&body) }),
         header: None,
     };
-    let subjects = bench.subjects(&[server], "wrk")?;
+    let subjects = bench.subjects(&[server.pid], "wrk")?;
 
     let mut sections = Vec::new();
     if bench.options.runs("P1") {
         let insert = bench.repo.join("benches/pgbench/send_insert.sql");
         let variables = [("title_prefix", TITLE_PREFIX.to_string()), ("content", MESSAGE.to_string())];
+        let pgbench_subjects = bench.subjects(&[], "pgbench")?;
         let mut rows = Vec::new();
         let mut detail = format!(
             "wrk: `POST /api/chats/{{id}}/messages` with `{body}`, one wrk thread per connection, connection N as the account `sender{{N}}` into its own chat `send-{{N}}` (whose other member is not connected), {secs} s per round.\n\
@@ -69,8 +71,8 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
             let load = pgbench::Load { script: &insert, clients, secs, variables: &variables };
             let measured = versus(
                 rounds,
-                || probed(&subjects, &sends(clients)),
-                || pgbench::run(&bench.cluster, &load),
+                || observe(&subjects, || wrk::run(&sends(clients))),
+                || observe(&pgbench_subjects, || pgbench::run(&bench.cluster, &load)),
                 |ours| ours.requests_per_sec,
                 |insert| insert.tps,
             )?;
@@ -97,18 +99,18 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
     if bench.options.runs("P7") {
         let second = bench.second_server()?;
         let listened = &listeners[..P7_CLIENTS];
-        let subjects = bench.subjects(&[server, second], "wrk")?;
+        let subjects = bench.subjects(&[server.pid, second.pid], "wrk")?;
         let mut deliveries = Vec::new();
         let measured = versus(
             rounds,
             || {
                 let readers = connect_listeners(second, listened)?;
-                let (sent, usage) = probed(&subjects, &sends(P7_CLIENTS))?;
+                let (sent, usage) = observe(&subjects, || wrk::run(&sends(P7_CLIENTS)))?;
                 readers.wait_for(sent.requests, DELIVERY_GRACE);
                 deliveries.push((readers.delivered(), sent.requests, readers.ended()));
                 Ok((sent, usage))
             },
-            || wrk::run(&sends(P7_CLIENTS)),
+            || observe(&subjects, || wrk::run(&sends(P7_CLIENTS))),
             |ours| ours.requests_per_sec,
             |alone| alone.requests_per_sec,
         )?;

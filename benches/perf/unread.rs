@@ -10,10 +10,11 @@ use std::time::Instant;
 use postgres::Client;
 
 use crate::http::Conn;
+use crate::probe::observe;
 use crate::report::{self, Check, Row, Section, Target};
 use crate::setup::{self, User};
 use crate::stats;
-use crate::versus::{probed, versus, wrk_medians};
+use crate::versus::{versus, wrk_medians};
 use crate::{wrk, Bench, BenchResult};
 
 const CHATS: usize = 200;
@@ -54,11 +55,11 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         per_client: None,
         header: Some(format!("Authorization: Bearer {}", user.token)),
     };
-    let subjects = bench.subjects(&[server], "wrk")?;
+    let subjects = bench.subjects(&[server.pid], "wrk")?;
     let measured = versus(
         rounds,
-        || probed(&subjects, &list(behind)),
-        || wrk::run(&list(caught_up)),
+        || observe(&subjects, || wrk::run(&list(behind))),
+        || observe(&subjects, || wrk::run(&list(caught_up))),
         |ours| ours.p50_ms,
         |read| read.p50_ms,
     )?;

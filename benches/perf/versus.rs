@@ -1,7 +1,7 @@
 //! The shape P1, P2, P3, P7 and P9 share: wrk on the server, observed by the probe, against a baseline
 //! (pgbench, or wrk on something else), in interleaved rounds.
 
-use crate::probe::{Probe, Subjects, Usage};
+use crate::probe::Usage;
 use crate::report::{self, Compared, Round};
 use crate::stats::{self, interleave};
 use crate::{pgbench, wrk, BenchResult};
@@ -30,30 +30,25 @@ pub struct Versus<B> {
     pub compared: Compared,
 }
 
-/// One wrk run on the server, with what the probe saw meanwhile.
-pub fn probed(subjects: &Subjects, load: &wrk::Load) -> BenchResult<(wrk::Measured, Usage)> {
-    let probe = Probe::start(subjects);
-    let measured = wrk::run(load)?;
-    Ok((measured, probe.finish()))
-}
-
-/// Runs `ours` and `baseline` in `rounds` interleaved rounds and compares `ours_figure` with `baseline_figure`.
+/// Runs `ours` and `baseline` in `rounds` interleaved rounds and compares `ours_figure` with `baseline_figure`;
+/// each measurement comes with what the probe saw (`probe::observe`).
 pub fn versus<B: Described>(
     rounds: usize,
     mut ours: impl FnMut() -> BenchResult<(wrk::Measured, Usage)>,
-    mut baseline: impl FnMut() -> BenchResult<B>,
+    mut baseline: impl FnMut() -> BenchResult<(B, Usage)>,
     ours_figure: fn(&wrk::Measured) -> f64,
     baseline_figure: fn(&B) -> f64,
 ) -> BenchResult<Versus<B>> {
     let pairs = interleave(rounds, |_| ours(), |_| baseline())?;
     let (mut our_runs, mut baseline_runs, mut table) = (Vec::new(), Vec::new(), Vec::new());
-    for ((measured, usage), base) in pairs {
+    for ((measured, ours_usage), (base, baseline_usage)) in pairs {
         table.push(Round {
             ours: ours_figure(&measured),
             ours_text: measured.describe(),
+            ours_usage,
             baseline: baseline_figure(&base),
             baseline_text: base.describe(),
-            usage,
+            baseline_usage,
         });
         our_runs.push(measured);
         baseline_runs.push(base);
