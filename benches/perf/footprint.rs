@@ -207,21 +207,20 @@ pub fn idle_connections(bench: &mut Bench) -> BenchResult<Vec<Section>> {
         .map(|&wanted| {
             let reading = readings.iter().rev().find(|(open, _)| *open <= wanted);
             let (open, kib) = reading.map_or((0, f64::NAN), |(open, status)| (*open, per_connection(*open, status)));
-            let short = if open < wanted {
-                format!(" (stopped at {}: {})", report::number(open as f64), stopped_by.as_deref().unwrap_or("unknown"))
-            } else {
-                String::new()
-            };
             let threads = reading
                 .map_or(f64::NAN, |(open, status)| (status.threads as f64 - before.threads as f64) / *open as f64);
+            let stopped = match &stopped_by {
+                Some(why) if open < wanted => format!("stopped at {}: {why}; ", report::number(open as f64)),
+                _ => String::new(),
+            };
             Row {
                 id: "P6",
                 scenario: format!("RSS per idle WebSocket, {} connections", report::number(wanted as f64)),
-                ours: format!("{} KiB per connection{short}", report::number(kib)),
+                ours: format!("{} KiB per connection at {}", report::number(kib), report::number(open as f64)),
                 baseline: "÷ N".into(),
                 ratio: None,
                 checks: vec![Check { what: "per connection", value: kib, target: Target::AtMost(32.0), unit: " KiB" }],
-                limited_by: format!("{} threads per connection", report::number(threads)),
+                limited_by: format!("{stopped}{} threads per connection", report::number(threads)),
             }
         })
         .collect();

@@ -34,6 +34,8 @@ struct Snapshot {
     at: Instant,
     machine_busy: f64,
     machine_all: f64,
+    /// Interrupt and softirq time: loopback networking is mostly this, and no process is charged for it.
+    machine_interrupts: f64,
     servers: f64,
     postgres: f64,
     own: f64,
@@ -42,11 +44,12 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(subjects: &Subjects) -> Snapshot {
-        let (machine_busy, machine_all) = machine_times();
+        let (machine_busy, machine_all, machine_interrupts) = machine_times();
         Snapshot {
             at: Instant::now(),
             machine_busy,
             machine_all,
+            machine_interrupts,
             servers: subjects.servers.iter().map(|&pid| process_times(pid).map_or(0.0, |t| t.own)).sum(),
             postgres: postgres_times(subjects.postmaster),
             own: rusage_secs(libc::RUSAGE_SELF),
@@ -79,6 +82,8 @@ pub struct Usage {
     pub server: f64,
     pub postgres: f64,
     pub load: f64,
+    /// The kernel's interrupt and softirq time, mostly loopback networking.
+    pub interrupts: f64,
     pub other: f64,
     pub idle: f64,
     cpus: f64,
@@ -112,6 +117,7 @@ impl Probe {
         let own = if self.subjects.servers.contains(&std::process::id()) { 0.0 } else { end.own - start.own };
         let load = percent(own + (end.exited_children - start.exited_children));
         let busy = busy_share * cpus * 100.0;
+        let interrupts = (end.machine_interrupts - start.machine_interrupts) / machine_all * cpus * 100.0;
         let mut by_event: Vec<(String, f64)> = waits
             .by_event
             .into_iter()
@@ -123,7 +129,8 @@ impl Probe {
             server,
             postgres,
             load,
-            other: (busy - server - postgres - load).max(0.0),
+            interrupts,
+            other: (busy - server - postgres - load - interrupts).max(0.0),
             idle: (1.0 - busy_share).max(0.0) * cpus * 100.0,
             cpus,
             load_name: self.subjects.load,
@@ -145,17 +152,19 @@ impl Usage {
     pub fn limited_by(&self) -> String {
         let all = self.cpus * 100.0;
         // PostgreSQL's states are worth a mention only when it was busy at all.
-        let top_wait = match self.waits.first() {
-            Some((event, share)) if self.active_backends >= 0.1 => format!("; pg {event} {share:.0}%"),
+        let postgres = match self.waits.first() {
+            Some((event, share)) if self.active_backends >= 0.1 => {
+                format!("; pg {:.1} active, {event} {share:.0}%", self.active_backends)
+            }
             _ => String::new(),
         };
         if self.idle < all * (1.0 - CPU_BOUND) {
             format!(
-                "CPU: server {:.0}%, pg {:.0}%, {} {:.0}%, other {:.0}% of {all:.0}%{top_wait}",
-                self.server, self.postgres, self.load_name, self.load, self.other
+                "CPU: server {:.0}%, pg {:.0}%, {} {:.0}%, kernel {:.0}%, other {:.0}% of {all:.0}%{postgres}",
+                self.server, self.postgres, self.load_name, self.load, self.interrupts, self.other
             )
         } else {
-            format!("waits ({:.0}% of {all:.0}% CPU idle){top_wait}", self.idle)
+            format!("not CPU ({:.0}% of {all:.0}% idle){postgres}", self.idle)
         }
     }
 
@@ -164,13 +173,14 @@ impl Usage {
         let waits: Vec<String> =
             self.waits.iter().take(4).map(|(event, share)| format!("{event} {share:.0}%")).collect();
         format!(
-            "CPU in % of one core over {:.1} s: server {:.0}, PostgreSQL {:.0}, {} {:.0}, other processes {:.0}, idle {:.0}; \
+            "CPU in % of one core over {:.1} s: server {:.0}, PostgreSQL {:.0}, {} {:.0}, kernel interrupts {:.0}, other processes {:.0}, idle {:.0}; \
              active PostgreSQL backends {:.1} on average, their samples: {}",
             self.wall,
             self.server,
             self.postgres,
             self.load_name,
             self.load,
+            self.interrupts,
             self.other,
             self.idle,
             self.active_backends,
@@ -202,8 +212,8 @@ fn sample_waits(url: &str, stop: &AtomicBool) -> Waits {
     waits
 }
 
-/// Busy and total CPU time of the whole machine, in seconds, from `/proc/stat`.
-fn machine_times() -> (f64, f64) {
+/// Busy, total and interrupt CPU time of the whole machine, in seconds, from `/proc/stat`.
+fn machine_times() -> (f64, f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> = stat
         .lines()
@@ -217,7 +227,7 @@ fn machine_times() -> (f64, f64) {
     // user nice system idle iowait irq softirq steal
     let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
     let all = busy + field(3) + field(4);
-    (busy / ticks_per_sec(), all / ticks_per_sec())
+    (busy / ticks_per_sec(), all / ticks_per_sec(), (field(5) + field(6)) / ticks_per_sec())
 }
 
 struct ProcessTimes {
