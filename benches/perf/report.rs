@@ -215,7 +215,7 @@ pub fn markdown(repo: &Path, run: &RunInfo, sections: &[Section], previous: Opti
     }
     let rows: Vec<&Row> = sections.iter().flat_map(|s| &s.rows).collect();
     md.push_str(&format!(
-        "\n{} of {} rows meet their targets. \"limited by\" is measured during our side's median round: where the CPU went (in % of one core, the machine having {}), and the commonest state of PostgreSQL's active backends.\n\n",
+        "\n{} of {} rows meet their targets.\n\"limited by\" is measured during our side's median round: where the CPU went, in % of one core (the machine has {}): the server, PostgreSQL, the load generator, the kernel's interrupt time (mostly loopback networking) and other processes on the machine; \"not CPU\" when more than 15% of it stayed idle; then how many of PostgreSQL's backends were active on average and their commonest state (`CPU` or a wait event). The fan-out rows also say how much of their p99 the `POST` itself takes. Each scenario's section below has every round, both sides' figures and what the probe saw.\n\n",
         rows.iter().filter(|row| row.met()).count(),
         rows.len(),
         thread_count()
