@@ -54,6 +54,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
     let mut sections = Vec::new();
+    let member_count = report::number(MEMBERS as f64);
     // Each latency round tags its messages with a number of its own.
     let tags = Cell::new(0);
     if bench.options.runs("P4") || bench.options.runs("P5") {
@@ -81,7 +82,7 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
                 title: "Fan-out latency to 1,000 members",
                 scenario: "fan-out, 1,000 members, p99 from before the POST to each frame",
                 method: format!(
-                    "One group of {MEMBERS} members, each with a WebSocket (bearer header) to the server, read by {READER_THREADS} epoll threads here; the first member sends {SENDS_PER_SEC} messages per second over one keep-alive connection for {secs} s per round. Each figure runs from just before a `POST` (the commit is inside it) to a member's `message.created` frame, over every (message, member) pair, the sender's own connection included. Baseline: the same sender into a group of which it is the only member, with the same {MEMBERS} connections open.\n\
+                    "One group of {member_count} members, each with a WebSocket (bearer header) to the server, read by {READER_THREADS} epoll threads here; the first member sends {SENDS_PER_SEC} messages per second over one keep-alive connection for {secs} s per round. Each figure runs from just before a `POST` (the commit is inside it) to a member's `message.created` frame, over every (message, member) pair, the sender's own connection included. Baseline: the same sender into a group of which it is the only member, with the same {member_count} connections open.\n\
                      Targets: the p99 at most 10 times the one-member chat's, and at most 25 ms.\n\n"
                 ),
                 ours_name: "1,000 members",
@@ -319,10 +320,11 @@ impl Sustained {
         let ended =
             if self.ended.is_empty() { String::new() } else { format!(", {} connections ended", self.ended.len()) };
         format!(
-            "{} deliveries/s ({} messages/s to all {MEMBERS}), {} deliveries, {} missing{ended}",
+            "{} deliveries/s ({} messages/s to all {}), {} deliveries, {} missing{ended}",
             report::number(self.per_sec),
             report::number(self.per_sec / MEMBERS as f64),
-            self.expected,
+            report::number(MEMBERS as f64),
+            report::number(self.expected as f64),
             self.missing
         )
     }
@@ -457,14 +459,15 @@ fn throughput_section(pairs: Vec<((Sustained, Usage), (Sustained, Usage))>, secs
             &pairs.iter().map(|((o, _), (b, _))| if ours { o.per_sec } else { b.per_sec }).collect::<Vec<_>>(),
         )
     };
+    let member_count = report::number(MEMBERS as f64);
     let troubles: Vec<String> = pairs
         .iter()
         .filter(|((o, _), _)| o.missing > 0 || !o.ended.is_empty())
         .map(|((o, _), _)| format!("{} deliveries missing; ended: {}", o.missing, o.ended.join("; ")))
         .collect();
     let mut detail = format!(
-        "P4's {MEMBERS} connections and readers. Ours: {SENDERS} senders (the first members, each on its own keep-alive connection) post into the {MEMBERS}-member group, each waiting while {WINDOW} messages are not yet delivered to every member, so the send rate settles at the highest the fan-out sustains (no connection falls behind: the queues hold at most {WINDOW} frames). Deliveries are counted for {secs} s after {WARM_UP:?} of sending.\n\
-         Baseline: a copy of a `message.created` frame the server sent, pre-encoded, written to {MEMBERS} loopback TCP connections by bare loops in this process, one per CPU, each over its share of the connections in turn, under the same window, read by the same readers.\n\
+        "P4's {member_count} connections and readers. Ours: {SENDERS} senders (the first members, each on its own keep-alive connection) post into the {member_count}-member group, each waiting while {WINDOW} messages are not yet delivered to every member, so the send rate settles at the highest the fan-out sustains (no connection falls behind: the queues hold at most {WINDOW} frames). Deliveries are counted for {secs} s after {WARM_UP:?} of sending.\n\
+         Baseline: a copy of a `message.created` frame the server sent, pre-encoded, written to {member_count} loopback TCP connections by bare loops in this process, one per CPU, each over its share of the connections in turn, under the same window, read by the same readers.\n\
          Targets: at least 0.5 of the bare loop's deliveries per second, and at least 50,000.\n\n{}",
         compared.detail
     );

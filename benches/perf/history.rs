@@ -39,9 +39,10 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
     let pgbench_subjects = bench.subjects(&[], "pgbench")?;
     let mut rows = Vec::new();
     let mut detail = format!(
-        "wrk: `GET {path}` (the newest 50 of {HISTORY} messages, written with SQL before the run), one wrk thread per connection, connection N as the member `reader{{N}}` with its own token, {secs} s per round.\n\
+        "wrk: `GET {path}` (the newest 50 of {} messages, written with SQL before the run), one wrk thread per connection, connection N as the member `reader{{N}}` with its own token, {secs} s per round.\n\
          Baseline: pgbench `-M prepared`, as many clients, client N as `reader{{N}}`: the session lookup, the membership check and the page of `store::list_messages_before` (`benches/pgbench/history_page.sql`).\n\
-         Target: the server's requests per second at least 0.8 of pgbench's transactions per second.\n\n"
+         Target: the server's requests per second at least 0.8 of pgbench's transactions per second.\n\n",
+        report::number(HISTORY as f64)
     );
     for clients in CLIENTS {
         let load = wrk::Load {

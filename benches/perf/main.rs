@@ -49,7 +49,7 @@ use crate::setup::User;
 
 pub type BenchResult<T> = Result<T, String>;
 
-/// WebSockets the main server must take: P4's 1,000 members, P10's 200 and P7's listeners, with room to spare.
+/// WebSockets the main and the second server hold at once: at most P4's 1,000 members, with room to spare.
 const MAIN_WS_CONNECTIONS: usize = 1500;
 
 fn main() {

@@ -54,7 +54,7 @@ impl Check {
             Target::AtLeast(t) => ((t - self.value) / t * 100.0, "short"),
             Target::AtMost(t) => ((self.value - t) / t * 100.0, "over"),
         };
-        format!("missed: {} {}{}, {by:.0}% {side}", self.what, number(self.value), self.unit)
+        format!("missed: {} {}{}, {}% {side}", self.what, number(self.value), self.unit, number(by))
     }
 }
 
