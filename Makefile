@@ -70,17 +70,19 @@ soak:
 	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt 16384 ]; then ulimit -n 16384; fi
 	SOAK=1 $(MAKE) test ARGS='--no-capture soak'
 
-# Measure WebSocket fan-out latency and memory per idle connection, and rewrite BENCHMARKS.md.
-# The benchmark starts its own durable cluster in a temporary directory that the trap always stops.
+# Measure the performance issue's scenarios P1..P10, each against its baseline in interleaved rounds, print one
+# table and rewrite BENCHMARKS.md (benches/perf/main.rs says how). `make bench BENCH=P1,P3` runs some of them and
+# leaves BENCHMARKS.md alone; BENCH_SECS (4) is one measurement's length, BENCH_ROUNDS (3) the number of rounds,
+# BENCH_WORKERS the servers' WORKERS (default: theirs). It installs wrk if missing (scripts/bench-tools.sh) and
+# starts its own durable cluster in a temporary directory that the trap always stops.
 .PHONY: bench
 bench: build
-	# 1,000 client sockets here and as many in the server, which inherits the limit.
-	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt 8192 ]; then ulimit -n 8192; fi
+	scripts/bench-tools.sh
 	pg_tmp=$$(mktemp -d)
 	trap 'scripts/pg.sh stop "$$pg_tmp" || true; rm -rf "$$pg_tmp"' EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM HUP
-	BENCH_PG_DIR=$$pg_tmp $(CARGO) bench --bench realtime
+	BENCH_PG_DIR=$$pg_tmp $(CARGO) bench --bench perf
 
 # Format the code in place.
 fmt:
