@@ -178,6 +178,15 @@ impl Config {
 /// process's few files and short-lived connections.
 const DESCRIPTOR_MARGIN: u64 = 64;
 
+/// Memory mappings of one open WebSocket, as counted in `/proc/PID/maps`:
+/// its reader and writer threads, each a stack and guard pages.
+const MAPPINGS_PER_WEBSOCKET: u64 = 8;
+/// Memory mappings of one HTTP connection's thread.
+const MAPPINGS_PER_HTTP_CONNECTION: usize = 4;
+/// Mappings kept for the rest: the binary and its libraries, the workers,
+/// the background threads, the allocator's arenas.
+const MAPPING_MARGIN: u64 = 2000;
+
 /// What one database connection holds open, as counted in `/proc/PID/fd`:
 /// its socket, and the `postgres` crate's runtime's two epoll instances and
 /// its eventfd.
@@ -196,6 +205,17 @@ impl Config {
         let database_descriptors = 2 * DESCRIPTORS_PER_DATABASE_CONNECTION * database;
         (self.ws_max_connections + 2 * self.http_limits.max_connections + database_descriptors) as u64
             + DESCRIPTOR_MARGIN
+    }
+
+    /// The most WebSockets that fit in `max_map_count` memory mappings
+    /// (`/proc/sys/vm/max_map_count`), past which the kernel refuses new
+    /// threads and memory and the process aborts: `MAPPINGS_PER_WEBSOCKET`
+    /// each, after `MAPPINGS_PER_HTTP_CONNECTION` for each HTTP connection
+    /// and `MAPPING_MARGIN` for the rest of the process.
+    pub fn websockets_within(&self, max_map_count: u64) -> usize {
+        let http = (MAPPINGS_PER_HTTP_CONNECTION * self.http_limits.max_connections) as u64;
+        let left = max_map_count.saturating_sub(http + MAPPING_MARGIN);
+        (left / MAPPINGS_PER_WEBSOCKET) as usize
     }
 
     /// Refuses a configuration that cannot fit in `limit` open files, in one line.
@@ -288,6 +308,18 @@ mod tests {
         for part in ["WS_MAX_CONNECTIONS=1000", "HTTP_MAX_CONNECTIONS=100", &(needed - 1).to_string()] {
             assert!(refused.contains(part), "{refused:?} names {part}");
         }
+    }
+
+    #[test]
+    fn websockets_fit_in_the_mappings_left_after_http_connections_and_a_margin() {
+        let config = Config::from_lookup(lookup(&[
+            ("DATABASE_URL", "postgresql://u@localhost/m"),
+            ("SECRET_KEY", KEY),
+            ("HTTP_MAX_CONNECTIONS", "1000"),
+        ]))
+        .unwrap();
+        assert_eq!(config.websockets_within(65530), (65530 - 4 * 1000 - 2000) / 8);
+        assert_eq!(config.websockets_within(1000), 0, "nothing left");
     }
 
     #[test]

@@ -34,8 +34,9 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> Result<(), String> {
-    let config = Config::from_env().map_err(|problems| problems.join("\nmessaging: "))?;
+    let mut config = Config::from_env().map_err(|problems| problems.join("\nmessaging: "))?;
     let log = Log::new(config.log);
+    fit_websockets_in_memory_mappings(&mut config, log);
     let (was, limit) = raise_open_files_limit()?;
     log.info("open files limit", &[("limit", &limit), ("was", &was), ("needed", &config.descriptors_needed())]);
     config.check_descriptors(limit)?;
@@ -54,6 +55,26 @@ fn serve() -> Result<(), String> {
         Err(cause) => log.error("stopping", &[("cause", cause)]),
     }
     stopped
+}
+
+/// Lowers `WS_MAX_CONNECTIONS` to what the kernel's limit on memory mappings
+/// allows, saying so: each WebSocket's two threads take mappings, and a
+/// process out of them cannot start a thread or get memory, and aborts.
+/// Lowering beats refusing to start, since the default (10,000) is above what
+/// Linux's default `vm.max_map_count` (65,530) fits.
+fn fit_websockets_in_memory_mappings(config: &mut Config, log: Log) {
+    let Some(max_map_count) =
+        std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|text| text.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let fit = config.websockets_within(max_map_count).max(1);
+    if config.ws_max_connections > fit {
+        let fields: [(&str, &dyn std::fmt::Display); 3] =
+            [("was", &config.ws_max_connections), ("now", &fit), ("max_map_count", &max_map_count)];
+        log.warn("WS_MAX_CONNECTIONS lowered to fit vm.max_map_count; raise it (sysctl) to allow more", &fields);
+        config.ws_max_connections = fit;
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit (a soft limit of

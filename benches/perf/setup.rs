@@ -69,22 +69,23 @@ pub fn create_group(http: SocketAddr, owner: &User, title: &str, members: &[User
 pub fn bulk_messages(db: &mut Client, chat_id: i64, sender_id: i64, count: i64) -> BenchResult<()> {
     let fail = |e: postgres::Error| format!("bulk insert into chat {chat_id}: {}", describe(&e));
     let mut tx = db.transaction().map_err(fail)?;
-    let last_seq: i64 =
-        tx.query_one("SELECT last_seq FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id]).map_err(fail)?.get(0);
+    let row = tx.query_one("SELECT last_seq, message_count FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id]);
+    let row = row.map_err(fail)?;
+    let (last_seq, message_count): (i64, i64) = (row.get(0), row.get(1));
     tx.execute(
         "WITH message AS (
-            INSERT INTO messages (chat_id, seq, sender_id, content)
-            SELECT $1, $2 + n, $3, 'bulk message number ' || n FROM generate_series(1, $4::bigint) AS n
+            INSERT INTO messages (chat_id, seq, ordinal, sender_id, content)
+            SELECT $1, $2 + n, $5 + n, $3, 'bulk message number ' || n FROM generate_series(1, $4::bigint) AS n
             RETURNING id, chat_id, seq, sender_id, created_at
          )
          INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id, created_at)
          SELECT chat_id, seq, 'message.created', sender_id, id, created_at FROM message",
-        &[&chat_id, &last_seq, &sender_id, &count],
+        &[&chat_id, &last_seq, &sender_id, &count, &message_count],
     )
     .map_err(fail)?;
     tx.execute(
-        "UPDATE chats SET last_seq = $2, last_activity_at = now() WHERE id = $1",
-        &[&chat_id, &(last_seq + count)],
+        "UPDATE chats SET last_seq = $2, message_count = $3, last_activity_at = now() WHERE id = $1",
+        &[&chat_id, &(last_seq + count), &(message_count + count)],
     )
     .map_err(fail)?;
     tx.commit().map_err(fail)?;

@@ -9,12 +9,12 @@ WHERE c.title = :title_prefix || :client_id \gset
 WITH member AS (
     SELECT 1 FROM chat_members WHERE chat_id = :chat_id AND user_id = :sender_id FOR KEY SHARE
 ), next AS (
-    UPDATE chats SET last_seq = last_seq + 1, last_activity_at = now()
+    UPDATE chats SET last_seq = last_seq + 1, message_count = message_count + 1, last_activity_at = now()
     WHERE id = :chat_id AND EXISTS (SELECT 1 FROM member)
-    RETURNING id, last_seq
+    RETURNING id, last_seq, message_count
 ), message AS (
-    INSERT INTO messages (chat_id, seq, sender_id, content, client_id)
-    SELECT id, last_seq, :sender_id, :content, NULL FROM next
+    INSERT INTO messages (chat_id, seq, ordinal, sender_id, content, client_id)
+    SELECT id, last_seq, message_count, :sender_id, :content, NULL FROM next
     RETURNING id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted
 ), event AS (
     INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id, created_at)

@@ -611,3 +611,31 @@ fn serve_raises_the_soft_open_files_limit_to_the_hard_one_and_logs_it() {
         assert!(line.contains(part), "{part} in {line}");
     }
 }
+
+// Found by the performance issue's harness: about 7,700 WebSockets used up
+// vm.max_map_count (65,530 by default) and the process aborted.
+#[test]
+fn serve_lowers_ws_max_connections_to_what_the_memory_mappings_limit_allows_and_logs_it() {
+    let max_map_count: u64 = fs::read_to_string("/proc/sys/vm/max_map_count")
+        .expect("read /proc/sys/vm/max_map_count")
+        .trim()
+        .parse()
+        .expect("a number");
+    let db_url = fresh_database();
+
+    let (mut server, _, ws_addr) = serve_in(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &db_url,
+        &[("WS_MAX_CONNECTIONS", "1000000"), ("HTTP_MAX_CONNECTIONS", "100"), ("LOG", "warn")],
+    );
+
+    let fit = (max_map_count - 4 * 100 - 2000) / 8;
+    let stderr = server.stderr();
+    let line = stderr.lines().find(|line| line.contains("msg=\"WS_MAX_CONNECTIONS lowered"));
+    let line = line.unwrap_or_else(|| panic!("no line about WS_MAX_CONNECTIONS:\n{stderr}"));
+    for part in ["level=warn", "was=1000000", &format!("now={fit}"), &format!("max_map_count={max_map_count}")] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    TcpStream::connect(ws_addr).expect("the WebSocket port accepts connections");
+    assert!(server.exited().is_none(), "serve keeps running:\n{}", server.stderr());
+}
