@@ -63,8 +63,9 @@ pub fn create_chat(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
 /// `GET /chat/messages/{id}`: the newest messages, oldest first, without tombstones.
 pub fn list_messages(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
     let sql = &mut ctx.db.sql()?;
-    store::find_role(sql, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-    let mut messages = store::list_messages_before(sql, chat_id, i64::MAX, MAX_MESSAGES)?;
+    let newest = store::Page::Before(i64::MAX);
+    let mut messages =
+        store::list_messages_as_member(sql, chat_id, user_id, newest, MAX_MESSAGES)?.ok_or(ApiError::NotFound)?;
     messages.reverse();
     let messages: Vec<Value> = messages
         .into_iter()

@@ -98,11 +98,12 @@ pub fn list_messages(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<
         return Err(ApiError::invalid("after", "give before or after, not both"));
     }
     let sql = &mut ctx.db.sql()?;
-    store::find_role(sql, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
-    let mut messages = match after {
-        Some(after) => store::list_messages_after(sql, chat_id, after, limit + 1)?,
-        None => store::list_messages_before(sql, chat_id, before.unwrap_or(i64::MAX), limit + 1)?,
+    let page = match after {
+        Some(after) => store::Page::After(after),
+        None => store::Page::Before(before.unwrap_or(i64::MAX)),
     };
+    let mut messages =
+        store::list_messages_as_member(sql, chat_id, user_id, page, limit + 1)?.ok_or(ApiError::NotFound)?;
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
     if after.is_none() {

@@ -558,36 +558,52 @@ pub fn find_message_by_client_id(
     Ok(row.map(|row| message_from(&row, 0)))
 }
 
-/// The newest `limit` messages with `seq < before`, newest first.
-pub fn list_messages_before(
-    sql: &mut Sql<impl GenericClient>,
-    chat_id: ChatId,
-    before: i64,
-    limit: i64,
-) -> Result<Vec<Message>, ApiError> {
-    let rows = sql.query(
-        concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-        ),
-        &[&chat_id, &before, &limit],
-    )?;
-    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
+/// Where a page of history starts.
+pub enum Page {
+    /// The newest messages with `seq` below this, newest first.
+    Before(i64),
+    /// The oldest messages with `seq` above this, oldest first.
+    After(i64),
 }
 
-/// The oldest `limit` messages with `seq > after`, oldest first.
-pub fn list_messages_after(
+/// A page of at most `limit` messages of a chat, read with the caller's
+/// membership in one statement (a round trip fewer on the busiest read);
+/// `None` when `user_id` is not a member.
+pub fn list_messages_as_member(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
-    after: i64,
+    user_id: UserId,
+    page: Page,
     limit: i64,
-) -> Result<Vec<Message>, ApiError> {
-    let rows = sql.query(
-        concat!("SELECT ", message_columns!(), " FROM messages WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
-        &[&chat_id, &after, &limit],
-    )?;
-    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
+) -> Result<Option<Vec<Message>>, ApiError> {
+    // The page joins a one-row table, so a member of a chat without messages gets a row too.
+    macro_rules! page_query {
+        ($condition:literal, $order:literal) => {
+            concat!(
+                "WITH member AS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
+                 SELECT EXISTS (SELECT 1 FROM member), page.*
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN LATERAL (SELECT ",
+                message_columns!(),
+                " FROM messages WHERE chat_id = $1 AND ",
+                $condition,
+                " AND EXISTS (SELECT 1 FROM member) ORDER BY ",
+                $order,
+                " LIMIT $4) AS page ON true"
+            )
+        };
+    }
+    let rows = match page {
+        Page::Before(before) => {
+            sql.query(page_query!("seq < $3", "seq DESC"), &[&chat_id, &user_id, &before, &limit])?
+        }
+        Page::After(after) => sql.query(page_query!("seq > $3", "seq"), &[&chat_id, &user_id, &after, &limit])?,
+    };
+    if !rows.first().is_some_and(|row| row.get::<_, bool>(0)) {
+        return Ok(None);
+    }
+    let messages = rows.iter().filter(|row| row.get::<_, Option<MessageId>>(1).is_some());
+    Ok(Some(messages.map(|row| message_from(row, 1)).collect()))
 }
 
 /// A chat's message, locked for an edit or delete. Such a transaction locks
