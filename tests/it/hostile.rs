@@ -542,7 +542,7 @@ pub(crate) fn keep_alive_clients_together(app: &TestApp, together: usize) -> Vec
 
 /// Writes `first`, then `then` every 100 ms for up to ten seconds, from a
 /// thread of its own that stops at the first failed write: a slow client.
-fn trickle(conn: &Conn, first: &'static [u8], then: &'static [u8]) {
+pub(crate) fn trickle(conn: &Conn, first: &'static [u8], then: &'static [u8]) {
     let mut writer = conn.stream.try_clone().expect("clone the stream");
     std::thread::spawn(move || {
         writer.write_all(first)?;

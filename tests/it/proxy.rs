@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::chats::{create_group, id_of};
 use crate::hostile::{
     ambiguous_framings, assert_healthy, assert_refused_alone, chunked_over_the_limit, get_declaring,
-    keep_alive_clients_together, large_history, long_request_line, oversized_heads, send, send_regardless,
+    keep_alive_clients_together, large_history, long_request_line, oversized_heads, send, send_regardless, trickle,
     unfinished_header_lines, Conn, Framing, ANSWER, CROWD, EXPECT_100_CONTINUE_FOR_10_MB, PAST_2_TO_THE_63, PETABYTE,
     POST_DECLARING_2000_BYTES, POST_WITH_CONNECTION_UPGRADE,
 };
@@ -199,7 +199,8 @@ fn heads_over_the_servers_limits_are_refused_by_nginx_or_by_the_server() {
 // See: hostile.rs's stalled body, head and upgrade probes. The server takes
 // four connections here: were nginx to pass on a request before it has the
 // whole of it, the stalled ones alone would take them all, and honest
-// requests would get 503.
+// requests would get 503. A head trickling in is closed at nginx's
+// client_header_timeout, a deadline for the whole head.
 #[test]
 fn stalled_requests_cost_nginx_and_never_a_server_connection() {
     let (app, nginx, via) = proxied(&[("HTTP_MAX_CONNECTIONS", "4")]);
@@ -209,6 +210,9 @@ fn stalled_requests_cost_nginx_and_never_a_server_connection() {
         stalled.push((format!("GET #{idx} declaring 2,000 bytes"), send(&via, &get_declaring("2000"))));
         stalled.push((format!("POST #{idx} declaring 2,000 bytes"), send(&via, POST_DECLARING_2000_BYTES)));
         stalled.push((format!("head #{idx} never finished"), send(&via, "GET /healthz HTTP/1.1\r\nHost: x\r\n")));
+        let trickling = Conn::open(nginx.addr);
+        trickle(&trickling, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-More: a\r\n");
+        stalled.push((format!("head #{idx} trickling in"), trickling));
         stalled.push((format!("connection #{idx} sending nothing"), Conn::open(nginx.addr)));
     }
     let mut answered = Vec::new();
