@@ -6,6 +6,9 @@
 //! that an honest `GET /healthz` is still answered within a second. The fixes
 //! are patches to the vendored tiny_http; `vendor/tiny_http/PATCHES.md` names
 //! the test that fails without each one.
+//!
+//! `proxy.rs` sends the same probes through nginx, with the helpers and the
+//! probe builders marked `pub(crate)` here.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,28 +17,32 @@ use std::time::{Duration, Instant};
 use crate::support::{check_error, spawn_app, spawn_app_with, wait_for, Resp, TestApp};
 
 /// How long an honest request may take while hostile ones are in the server.
-const HONEST: Duration = Duration::from_secs(1);
+pub(crate) const HONEST: Duration = Duration::from_secs(1);
 /// How long a test waits for an answer or a close it expects.
-const ANSWER: Duration = Duration::from_secs(5);
+pub(crate) const ANSWER: Duration = Duration::from_secs(5);
 /// How many hostile connections a probe opens: twice the harness's `WORKERS`.
-const CROWD: usize = 8;
+pub(crate) const CROWD: usize = 8;
 
 /// One raw connection: exactly the bytes a test writes, and its answers read
 /// one at a time, each before a deadline.
-struct Conn {
-    stream: TcpStream,
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
     /// Bytes received and not yet parsed into a response.
     pending: Vec<u8>,
 }
 
 impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect_timeout(&addr, ANSWER).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    pub(crate) fn open(addr: SocketAddr) -> Conn {
+        Conn::on(TcpStream::connect_timeout(&addr, ANSWER).unwrap_or_else(|e| panic!("connect to {addr}: {e}")))
+    }
+
+    /// A connection the caller made (from a chosen local address, say).
+    pub(crate) fn on(stream: TcpStream) -> Conn {
         stream.set_write_timeout(Some(ANSWER)).expect("set a write timeout");
         Conn { stream, pending: Vec::new() }
     }
 
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }
 
@@ -53,7 +60,7 @@ impl Conn {
     }
 
     /// The next response, or why none came within `within`.
-    fn response(&mut self, within: Duration) -> Result<Resp, String> {
+    pub(crate) fn response(&mut self, within: Duration) -> Result<Resp, String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some((resp, used)) = parse(&self.pending)? {
@@ -74,7 +81,7 @@ impl Conn {
 
     /// Asserts that the server closes this connection within `within`, and
     /// returns the bytes that arrived before the close.
-    fn assert_closed(&mut self, within: Duration, what: &str) -> Vec<u8> {
+    pub(crate) fn assert_closed(&mut self, within: Duration, what: &str) -> Vec<u8> {
         let deadline = Instant::now() + within;
         loop {
             match self.fill(deadline) {
@@ -156,7 +163,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Asserts that an honest `GET /healthz` on a new connection is answered
 /// `200` within `HONEST`: the process and at least one worker are alive.
-fn assert_healthy(app: &TestApp, after: &str) {
+pub(crate) fn assert_healthy(app: &TestApp, after: &str) {
     let mut conn = Conn::open(app.http_addr);
     conn.send(b"GET /healthz HTTP/1.1\r\nHost: honest\r\nConnection: close\r\n\r\n")
         .unwrap_or_else(|e| panic!("after {after}: cannot send GET /healthz: {e}"));
@@ -165,11 +172,20 @@ fn assert_healthy(app: &TestApp, after: &str) {
 }
 
 /// Opens a connection and sends `request` on it.
-fn send(app: &TestApp, request: &str) -> Conn {
+pub(crate) fn send(app: &TestApp, request: &str) -> Conn {
     let mut conn = Conn::open(app.http_addr);
     conn.send(request.as_bytes()).unwrap_or_else(|e| panic!("cannot send {request:?}: {e}"));
     conn
 }
+
+/// `GET /healthz` declaring a body of `length` bytes it never sends.
+pub(crate) fn get_declaring(length: &str) -> String {
+    format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+}
+
+/// A petabyte, and lengths of 2^64 - 1 and 2^63, which once overflowed an allocation.
+pub(crate) const PETABYTE: &str = "1000000000000000";
+pub(crate) const PAST_2_TO_THE_63: [&str; 2] = ["18446744073709551615", "9223372036854775808"];
 
 // See: the hardening issue, probe 1. tiny_http discarded an unread body by
 // allocating all of its declared length, so this aborted the process.
@@ -177,7 +193,7 @@ fn send(app: &TestApp, request: &str) -> Conn {
 fn a_petabyte_content_length_is_answered_without_allocating_it() {
     let app = spawn_app();
 
-    let mut conn = send(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n");
+    let mut conn = send(&app, &get_declaring(PETABYTE));
 
     let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("GET /healthz declaring a petabyte body: {e}"));
     resp.assert_status(200, "GET /healthz declaring a petabyte body");
@@ -191,8 +207,8 @@ fn a_petabyte_content_length_is_answered_without_allocating_it() {
 fn content_lengths_of_2_to_the_63_and_more_kill_no_worker() {
     let app = spawn_app();
 
-    for length in ["18446744073709551615", "9223372036854775808"].repeat(5) {
-        let mut conn = send(&app, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"));
+    for length in PAST_2_TO_THE_63.repeat(5) {
+        let mut conn = send(&app, &get_declaring(length));
 
         let what = format!("GET /healthz declaring {length} bytes");
         conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(200, &what);
@@ -210,7 +226,7 @@ fn gets_declaring_bodies_they_never_send_hold_no_worker() {
 
     let mut held = Vec::new();
     for idx in 0..CROWD {
-        let mut conn = send(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+        let mut conn = send(&app, &get_declaring("100000"));
         let what = format!("GET /healthz #{idx} declaring a body it never sends");
         conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(200, &what);
         held.push(conn);
@@ -219,16 +235,18 @@ fn gets_declaring_bodies_they_never_send_hold_no_worker() {
     assert_healthy(&app, "GETs declaring bodies they never send");
 }
 
+/// A sign-up that waits for `100 Continue` before sending its 10 MB body.
+pub(crate) const EXPECT_100_CONTINUE_FOR_10_MB: &str = "POST /api/users HTTP/1.1\r\nHost: x\r\n\
+    Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n";
+
 // See: the hardening issue, probe 3. The handler refused the body from its
 // declared length, then the worker waited for the body the client held back.
 #[test]
 fn expect_100_continue_with_a_body_over_the_limit_gets_413_and_no_100_continue() {
     let app = spawn_app();
-    let request = "POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                   Expect: 100-continue\r\nContent-Length: 10000000\r\n\r\n";
 
     for idx in 0..CROWD {
-        let mut conn = send(&app, request);
+        let mut conn = send(&app, EXPECT_100_CONTINUE_FOR_10_MB);
 
         let what = format!("POST #{idx} expecting 100-continue for 10 MB");
         let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -243,18 +261,67 @@ fn expect_100_continue_with_a_body_over_the_limit_gets_413_and_no_100_continue()
 const HIDDEN: &str = "GET /healthz HTTP/1.1\r\nHost: hidden\r\n\r\n";
 
 /// Asserts that `conn` got `status` with the contract's error `code`, then
-/// was closed without answering anything else (no hidden request ran).
-fn assert_refused_alone(conn: &mut Conn, status: u16, code: &str, what: &str) {
-    let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}"));
+/// was closed without answering anything else (no hidden request ran), each
+/// within `within`; returns the refusal.
+pub(crate) fn assert_refused_alone(conn: &mut Conn, status: u16, code: &str, what: &str, within: Duration) -> Resp {
+    let resp = conn.response(within).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(resp.status, status, "{what}: expected {status}, got:\n{}", resp.describe());
     check_error(&resp, status, code, None);
-    let after = conn.assert_closed(ANSWER, what);
+    let after = conn.assert_closed(within, what);
     assert!(after.is_empty(), "{what}: answered more after the refusal:\n{}", String::from_utf8_lossy(&after));
+    resp
 }
 
-/// A row of `ambiguous_framing_is_refused_and_the_hidden_request_never_runs`:
-/// what it is, its framing headers, its body, the status and code it gets.
-type FramingCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+/// A request whose body's length is in doubt, with a request hidden where a
+/// proxy in front could take it for the body, and the server's refusal.
+pub(crate) struct Framing {
+    pub(crate) what: &'static str,
+    /// The request: `GET /healthz` with these framing headers and this body.
+    pub(crate) request: String,
+    pub(crate) status: u16,
+    pub(crate) code: &'static str,
+}
+
+/// The rows of `ambiguous_framing_is_refused_and_the_hidden_request_never_runs`,
+/// each hiding `hidden`.
+pub(crate) fn ambiguous_framings(hidden: &str) -> Vec<Framing> {
+    let row = |what, headers: &[(&str, &str)], body: &str, status, code| {
+        let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+        Framing { what, request: format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n{body}"), status, code }
+    };
+    let invalid = |what, headers: &[(&str, &str)], body: &str| row(what, headers, body, 400, "invalid_request");
+    vec![
+        invalid(
+            "two Content-Lengths",
+            &[("Content-Length", "0"), ("Content-Length", &hidden.len().to_string())],
+            hidden,
+        ),
+        invalid("two equal Content-Lengths", &[("Content-Length", "0"), ("Content-Length", "0")], hidden),
+        invalid(
+            "Content-Length with Transfer-Encoding",
+            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+            hidden,
+        ),
+        invalid("Content-Length: 5x", &[("Content-Length", "5x")], hidden),
+        invalid("Content-Length: -1", &[("Content-Length", "-1")], hidden),
+        invalid("Content-Length: +2", &[("Content-Length", "+2")], &format!("{{}}{hidden}")),
+        invalid("an empty Content-Length", &[("Content-Length", "")], hidden),
+        invalid("Content-Length: 0, 0", &[("Content-Length", "0, 0")], hidden),
+        invalid("Transfer-Encoding: gzip", &[("Transfer-Encoding", "gzip")], hidden),
+        invalid(
+            "two Transfer-Encodings",
+            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+            hidden,
+        ),
+        row(
+            "a Content-Length past 2^64",
+            &[("Content-Length", "99999999999999999999999")],
+            hidden,
+            413,
+            "payload_too_large",
+        ),
+    ]
+}
 
 // See: the hardening issue, probe 5 (request smuggling). Each row hides a
 // request in bytes that a proxy in front could take for the body; tiny_http
@@ -263,59 +330,25 @@ type FramingCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u16, &'a str
 #[test]
 fn ambiguous_framing_is_refused_and_the_hidden_request_never_runs() {
     let app = spawn_app();
-    let hidden_length = HIDDEN.len().to_string();
-    let cases: &[FramingCase] = &[
-        (
-            "two Content-Lengths",
-            &[("Content-Length", "0"), ("Content-Length", &hidden_length)],
-            HIDDEN,
-            400,
-            "invalid_request",
-        ),
-        (
-            "two equal Content-Lengths",
-            &[("Content-Length", "0"), ("Content-Length", "0")],
-            HIDDEN,
-            400,
-            "invalid_request",
-        ),
-        (
-            "Content-Length with Transfer-Encoding",
-            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
-            HIDDEN,
-            400,
-            "invalid_request",
-        ),
-        ("Content-Length: 5x", &[("Content-Length", "5x")], HIDDEN, 400, "invalid_request"),
-        ("Content-Length: -1", &[("Content-Length", "-1")], HIDDEN, 400, "invalid_request"),
-        ("Content-Length: +2", &[("Content-Length", "+2")], &format!("{{}}{HIDDEN}"), 400, "invalid_request"),
-        ("an empty Content-Length", &[("Content-Length", "")], HIDDEN, 400, "invalid_request"),
-        ("Content-Length: 0, 0", &[("Content-Length", "0, 0")], HIDDEN, 400, "invalid_request"),
-        ("Transfer-Encoding: gzip", &[("Transfer-Encoding", "gzip")], HIDDEN, 400, "invalid_request"),
-        (
-            "two Transfer-Encodings",
-            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
-            HIDDEN,
-            400,
-            "invalid_request",
-        ),
-        (
-            "a Content-Length past 2^64",
-            &[("Content-Length", "99999999999999999999999")],
-            HIDDEN,
-            413,
-            "payload_too_large",
-        ),
-    ];
 
-    for (what, headers, body, status, code) in cases {
-        let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-        let mut conn = send(&app, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n{body}"));
+    for Framing { what, request, status, code } in ambiguous_framings(HIDDEN) {
+        let mut conn = send(&app, &request);
 
-        assert_refused_alone(&mut conn, *status, code, what);
+        assert_refused_alone(&mut conn, status, code, what, ANSWER);
     }
 
     assert_healthy(&app, "ambiguous framing");
+}
+
+/// A `POST` whose one chunk is a byte over the default `MAX_BODY_BYTES`,
+/// followed by `hidden` in the same chunk.
+pub(crate) fn chunked_over_the_limit(hidden: &str) -> String {
+    let chunk = format!("{}{hidden}", "a".repeat(65536 + 1));
+    format!(
+        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    )
 }
 
 // See: the hardening issue, probe 5. The handler stopped reading a chunked
@@ -324,19 +357,16 @@ fn ambiguous_framing_is_refused_and_the_hidden_request_never_runs() {
 #[test]
 fn a_chunked_body_over_the_limit_ends_its_connection() {
     let app = spawn_app();
-    let past_limit = "a".repeat(65536 + 1);
-    let chunk = format!("{past_limit}{HIDDEN}");
-    let request = format!(
-        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
-        chunk.len()
-    );
 
-    let mut conn = send(&app, &request);
+    let mut conn = send(&app, &chunked_over_the_limit(HIDDEN));
 
-    assert_refused_alone(&mut conn, 413, "payload_too_large", "a chunked body over the limit");
+    assert_refused_alone(&mut conn, 413, "payload_too_large", "a chunked body over the limit", ANSWER);
     assert_healthy(&app, "a chunked body over the limit");
 }
+
+/// A login with an empty body (so `400` naming `login`) that asks to upgrade.
+pub(crate) const POST_WITH_CONNECTION_UPGRADE: &str = "POST /api/sessions HTTP/1.1\r\nHost: x\r\n\
+    Connection: upgrade\r\nUpgrade: websocket\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
 
 // See: the hardening issue, probe 3. With `Connection: upgrade`, tiny_http
 // handed the handler the raw socket as the body, so reading the body waited
@@ -344,12 +374,10 @@ fn a_chunked_body_over_the_limit_ends_its_connection() {
 #[test]
 fn a_post_with_connection_upgrade_is_framed_by_its_content_length() {
     let app = spawn_app();
-    let request = "POST /api/sessions HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
-                   Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
 
     let mut held = Vec::new();
     for idx in 0..CROWD {
-        let mut conn = send(&app, request);
+        let mut conn = send(&app, POST_WITH_CONNECTION_UPGRADE);
 
         let what = format!("POST #{idx} with Connection: upgrade");
         let resp = conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -363,10 +391,15 @@ fn a_post_with_connection_upgrade_is_framed_by_its_content_length() {
 /// Sends `request` on a new connection without minding a write that fails
 /// (the server may refuse and close before it has read everything), and
 /// returns the connection to read the answer from.
-fn send_regardless(app: &TestApp, request: &[u8]) -> Conn {
+pub(crate) fn send_regardless(app: &TestApp, request: &[u8]) -> Conn {
     let mut conn = Conn::open(app.http_addr);
     let _ = conn.send(request);
     conn
+}
+
+/// `GET` with a 100 KiB path.
+pub(crate) fn long_request_line() -> String {
+    format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100 * 1024))
 }
 
 // See: the hardening issue, probe 6. tiny_http read request lines and
@@ -374,31 +407,36 @@ fn send_regardless(app: &TestApp, request: &[u8]) -> Conn {
 #[test]
 fn a_request_line_over_8_kib_is_414() {
     let app = spawn_app();
-    let long_path = format!("/{}", "a".repeat(100 * 1024));
 
-    let mut conn = send_regardless(&app, format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let mut conn = send_regardless(&app, long_request_line().as_bytes());
 
-    assert_refused_alone(&mut conn, 414, "invalid_request", "a 100 KiB request line");
+    assert_refused_alone(&mut conn, 414, "invalid_request", "a 100 KiB request line", ANSWER);
     assert_healthy(&app, "a 100 KiB request line");
+}
+
+/// `GET /healthz` requests whose headers are over 32 KiB, or over 100 lines
+/// (the last), each with what it is.
+pub(crate) fn oversized_heads() -> [(&'static str, String); 4] {
+    let many_small: String = (0..10_000).map(|idx| format!("X-{idx}: {idx}\r\n")).collect();
+    let forty_of_1_kib: String = (0..40).map(|idx| format!("X-{idx}: {}\r\n", "b".repeat(1024))).collect();
+    [
+        ("a 1 MiB header", format!("X-Big: {}\r\n", "b".repeat(1024 * 1024))),
+        ("forty 1 KiB headers", forty_of_1_kib),
+        ("10,000 headers", many_small),
+        ("101 headers", (0..100).map(|idx| format!("X-{idx}: {idx}\r\n")).collect()),
+    ]
+    .map(|(what, headers)| (what, format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n")))
 }
 
 // See: the hardening issue, probe 6.
 #[test]
 fn headers_over_32_kib_or_100_lines_are_431() {
     let app = spawn_app();
-    let many_small: String = (0..10_000).map(|idx| format!("X-{idx}: {idx}\r\n")).collect();
-    let forty_of_1_kib: String = (0..40).map(|idx| format!("X-{idx}: {}\r\n", "b".repeat(1024))).collect();
-    let cases = [
-        ("a 1 MiB header", format!("X-Big: {}\r\n", "b".repeat(1024 * 1024))),
-        ("forty 1 KiB headers", forty_of_1_kib),
-        ("10,000 headers", many_small),
-        ("101 headers", (0..100).map(|idx| format!("X-{idx}: {idx}\r\n")).collect()),
-    ];
 
-    for (what, headers) in cases {
-        let mut conn = send_regardless(&app, format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes());
+    for (what, request) in oversized_heads() {
+        let mut conn = send_regardless(&app, request.as_bytes());
 
-        assert_refused_alone(&mut conn, 431, "invalid_request", what);
+        assert_refused_alone(&mut conn, 431, "invalid_request", what, ANSWER);
     }
 
     let hundred: String = (0..99).map(|idx| format!("X-{idx}: {idx}\r\n")).collect();
@@ -408,13 +446,10 @@ fn headers_over_32_kib_or_100_lines_are_431() {
     assert_healthy(&app, "oversized headers");
 }
 
-// See: the hardening issue, probe 6: four unfinished 64 MiB header lines
-// took the server from 7.5 to 270 MB.
-#[test]
-fn unfinished_64_mib_header_lines_are_refused_without_reading_them() {
-    let app = spawn_app();
+/// Four connections, each writing a header line of 64 MiB that never ends,
+/// from a thread of its own that stops when the connection closes.
+pub(crate) fn unfinished_header_lines(app: &TestApp) -> Vec<Conn> {
     let chunk = vec![b'c'; 64 * 1024];
-
     let mut conns = Vec::new();
     for _ in 0..4 {
         let mut conn = Conn::open(app.http_addr);
@@ -425,9 +460,19 @@ fn unfinished_64_mib_header_lines_are_refused_without_reading_them() {
         std::thread::spawn(move || (0..1024).try_for_each(|_| writer.write_all(&chunk)));
         conns.push(conn);
     }
+    conns
+}
+
+// See: the hardening issue, probe 6: four unfinished 64 MiB header lines
+// took the server from 7.5 to 270 MB.
+#[test]
+fn unfinished_64_mib_header_lines_are_refused_without_reading_them() {
+    let app = spawn_app();
+
+    let mut conns = unfinished_header_lines(&app);
 
     for (idx, conn) in conns.iter_mut().enumerate() {
-        assert_refused_alone(conn, 431, "invalid_request", &format!("unfinished header line #{idx}"));
+        assert_refused_alone(conn, 431, "invalid_request", &format!("unfinished header line #{idx}"), ANSWER);
     }
     assert_healthy(&app, "four unfinished 64 MiB header lines");
 }
@@ -449,7 +494,7 @@ fn a_client_pipelining_large_gets_and_never_reading_holds_one_worker_at_most() {
 
 /// A chat with 100 messages of 4000 characters, and a request that reads all
 /// of them (400 KB), on a connection kept alive.
-fn large_history(app: &TestApp) -> (String, i64) {
+pub(crate) fn large_history(app: &TestApp) -> (String, i64) {
     let user = app.create_user();
     let chat_id = crate::chats::create_group(app, &user, "long", &[])["id"].as_i64().expect("a chat id");
     let content = "x".repeat(4000);
@@ -475,23 +520,29 @@ fn keep_alive_clients_starting_together_are_all_answered() {
     // rounds that start with the threads the last round left idle, lose it
     // every time.
     for round in 1..=3 {
-        let together = round * 4 * CROWD;
-        let mut conns: Vec<Conn> = (0..together).map(|_| Conn::open(app.http_addr)).collect();
-        for conn in &mut conns {
-            conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send GET /healthz");
-        }
-
-        for (idx, conn) in conns.iter_mut().enumerate() {
-            let what = format!("keep-alive client #{idx} of {together} starting together");
-            conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(200, &what);
-        }
+        keep_alive_clients_together(&app, round * 4 * CROWD);
     }
     assert_healthy(&app, "keep-alive clients starting together");
 }
 
+/// Opens `together` connections, sends `GET /healthz` on each, keeping them
+/// alive, and asserts that every one is answered.
+pub(crate) fn keep_alive_clients_together(app: &TestApp, together: usize) -> Vec<Conn> {
+    let mut conns: Vec<Conn> = (0..together).map(|_| Conn::open(app.http_addr)).collect();
+    for conn in &mut conns {
+        conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send GET /healthz");
+    }
+
+    for (idx, conn) in conns.iter_mut().enumerate() {
+        let what = format!("keep-alive client #{idx} of {together} starting together");
+        conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(200, &what);
+    }
+    conns
+}
+
 /// Writes `first`, then `then` every 100 ms for up to ten seconds, from a
 /// thread of its own that stops at the first failed write: a slow client.
-fn trickle(conn: &Conn, first: &'static [u8], then: &'static [u8]) {
+pub(crate) fn trickle(conn: &Conn, first: &'static [u8], then: &'static [u8]) {
     let mut writer = conn.stream.try_clone().expect("clone the stream");
     std::thread::spawn(move || {
         writer.write_all(first)?;
@@ -757,15 +808,17 @@ fn running_out_of_descriptors_stops_accepting_only_until_some_are_free() {
     );
 }
 
+/// A login declaring a 2,000-byte body and sending its first byte only.
+pub(crate) const POST_DECLARING_2000_BYTES: &str =
+    "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{";
+
 // See: the hardening issue, probe 3: handlers read bodies over 1 KiB from the
 // socket, so bodies declared and never sent held a worker each.
 #[test]
 fn posts_declaring_bodies_they_never_send_hold_no_worker() {
     let app = spawn_app();
-    let request =
-        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{";
 
-    let held: Vec<Conn> = (0..CROWD).map(|_| send(&app, request)).collect();
+    let held: Vec<Conn> = (0..CROWD).map(|_| send(&app, POST_DECLARING_2000_BYTES)).collect();
 
     assert_healthy(&app, "POSTs declaring bodies they never send");
     drop(held);

@@ -41,5 +41,8 @@ mod delivery;
 // The HTTP port under hostile clients: the hardening issue's probes as raw bytes, each refused or
 // answered while the workers live on; vendor/tiny_http/PATCHES.md names the test behind each patch.
 mod hostile;
+// The same probes through a real nginx configured by docs/deploy/nginx.conf: refused there or
+// answered safely, honest traffic and WebSockets passing, X-Forwarded-For reaching the limits.
+mod proxy;
 // `make soak`'s sends through database faults and hostile clients: nothing acknowledged is lost.
 mod soak;

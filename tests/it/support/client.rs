@@ -7,7 +7,7 @@
 //! malformed or unusual requests that a full client library would refuse.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -98,6 +98,15 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Resp, String> {
+    let head = request_head(addr, method, path, headers, body);
+    let what = format!("{method} {path} to {addr}");
+    let stream = TcpStream::connect(addr).map_err(|e| format!("{what}: cannot connect: {e}"))?;
+    exchange(stream, &what, method, head, body)
+}
+
+/// The request line and headers `request` sends: `headers`, plus `Host`,
+/// `Content-Length` and `Connection: close` when missing.
+fn request_head(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !has("Host") {
@@ -114,9 +123,35 @@ pub fn try_request(
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
+    head
+}
 
-    let what = format!("{method} {path} to {addr}");
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("{what}: cannot connect: {e}"))?;
+/// `request` from the local address `source` (another loopback address, such
+/// as 127.0.0.2): a second client as a proxy in front sees it.
+pub fn request_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let stream = connect_from(source, addr).unwrap_or_else(|e| panic!("connect to {addr} from {source}: {e}"));
+    let head = request_head(addr, method, path, headers, body);
+    exchange(stream, &format!("{method} {path} to {addr} from {source}"), method, head, body)
+        .unwrap_or_else(|problem| panic!("{problem}"))
+}
+
+/// A TCP connection to `addr` from the local address `source`.
+pub fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), READ_TIMEOUT)?;
+    Ok(socket.into())
+}
+
+/// Writes `head` and `body` on `stream` and reads the whole response.
+fn exchange(mut stream: TcpStream, what: &str, method: &str, head: String, body: &[u8]) -> Result<Resp, String> {
     stream.set_read_timeout(Some(READ_TIMEOUT)).expect("set a read timeout");
     stream.set_write_timeout(Some(READ_TIMEOUT)).expect("set a write timeout");
     let mut bytes = head.into_bytes();
@@ -124,7 +159,7 @@ pub fn try_request(
     // A server may answer early (413) and close; the answer is still worth reading.
     let written = stream.write_all(&bytes).and_then(|()| stream.flush());
     let head_only = method.eq_ignore_ascii_case("HEAD");
-    let raw = read_response(&mut stream, &what, head_only)?;
+    let raw = read_response(&mut stream, what, head_only)?;
     match parse_response(&raw, head_only) {
         Some(Ok(resp)) => Ok(resp),
         Some(Err(problem)) => Err(format!("{what}: bad response ({problem}):\n{}", String::from_utf8_lossy(&raw))),

@@ -4,17 +4,22 @@
 //! `pg` owns PostgreSQL (one cluster per run, one database per test cloned
 //! from a migrated template), `app` starts servers on port 0, and `client`
 //! speaks plain HTTP/1.1 over a fresh TCP connection per request, so a
-//! `TestApp` can be shared by many threads.
+//! `TestApp` can be shared by many threads. `nginx` puts a real nginx,
+//! configured by `docs/deploy/nginx.conf`, in front of a server.
 
 pub mod app;
 pub mod client;
+pub mod nginx;
 pub mod pg;
 pub mod ws;
 
 #[allow(unused_imports)]
 pub use app::{spawn_app, spawn_app_on, spawn_app_on_listeners, spawn_app_with, TestApp};
 #[allow(unused_imports)]
-pub use client::{assert_keys, assert_utc_timestamp, check_error, random_hex, request, try_request, Resp, TestUser};
+pub use client::{
+    assert_keys, assert_utc_timestamp, check_error, connect_from, random_hex, request, request_from, try_request, Resp,
+    TestUser,
+};
 #[allow(unused_imports)]
 pub use pg::{fresh_database, PrivateCluster};
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -68,6 +68,31 @@ pub struct WsClient {
 /// Opens `ws://{addr}{path_and_query}` with extra `headers`, or says why the
 /// server refused.
 pub fn try_connect(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> Result<WsClient, Refused> {
+    let stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
+        .map_err(|e| Refused { status: None, detail: format!("cannot connect to {addr}: {e}") })?;
+    try_handshake(stream, addr, path_and_query, headers)
+}
+
+/// `try_connect` from the local address `source` (another loopback address,
+/// such as 127.0.0.2): a second client as a proxy in front sees it.
+pub fn try_connect_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, Refused> {
+    let stream = super::connect_from(source, addr)
+        .map_err(|e| Refused { status: None, detail: format!("cannot connect to {addr} from {source}: {e}") })?;
+    try_handshake(stream, addr, path_and_query, headers)
+}
+
+/// The opening handshake of `ws://{addr}{path_and_query}` on `stream`.
+fn try_handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, Refused> {
     let url = format!("ws://{addr}{path_and_query}");
     let mut request = url.as_str().into_client_request().unwrap_or_else(|e| panic!("bad WebSocket URL {url}: {e}"));
     for (name, value) in headers {
@@ -75,8 +100,6 @@ pub fn try_connect(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &st
         let value = HeaderValue::from_str(value).unwrap_or_else(|e| panic!("header value {value:?}: {e}"));
         request.headers_mut().append(name, value);
     }
-    let stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
-        .map_err(|e| Refused { status: None, detail: format!("cannot connect to {addr}: {e}") })?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).expect("set a read timeout");
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).expect("set a write timeout");
     stream.set_nodelay(true).expect("set TCP_NODELAY");
