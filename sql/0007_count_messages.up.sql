@@ -2,6 +2,8 @@
 -- ordinal among its chat's messages and each chat counts its messages, so the messages after a
 -- read marker are a subtraction; the reader's own and deleted ones among them, which the count
 -- leaves out, are counted through the two indexes below.
+-- Stop servers older than this migration before applying it: their sends do not set `ordinal`,
+-- which this makes NOT NULL, so they fail until those servers are replaced.
 ALTER TABLE chats ADD COLUMN message_count bigint NOT NULL DEFAULT 0 CHECK (message_count >= 0);
 ALTER TABLE messages ADD COLUMN ordinal bigint CHECK (ordinal > 0);
 

@@ -127,15 +127,13 @@ pub fn get_me(session: &Session) -> Result<Reply, ApiError> {
 
 /// `DELETE /api/sessions/current`
 pub fn delete_current_session(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
-    store::delete_session(&mut ctx.db.sql()?, session.id)?;
-    ctx.app.end_sessions(ctx.db, vec![session.id]);
+    ctx.app.end_sessions(ctx.db, |tx| store::delete_session(tx, session.id).map(|()| vec![session.id]))?;
     Ok(Reply::no_content())
 }
 
 /// `DELETE /api/sessions`
 pub fn delete_all_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
-    let ended = store::delete_user_sessions(&mut ctx.db.sql()?, session.user.id)?;
-    ctx.app.end_sessions(ctx.db, ended);
+    ctx.app.end_sessions(ctx.db, |tx| store::delete_user_sessions(tx, session.user.id))?;
     Ok(Reply::no_content())
 }
 

@@ -6,12 +6,14 @@
 //! always after its transaction has committed.
 
 use std::sync::{Arc, OnceLock};
+
+use postgres::Transaction;
 use std::time::{Duration, Instant};
 
 use crate::auth;
 use crate::config::Config;
 use crate::confirm::Confirmations;
-use crate::db::Db;
+use crate::db::{Db, Sql};
 use crate::error::ApiError;
 use crate::forwarded;
 use crate::http::{self, Body, Query};
@@ -19,15 +21,17 @@ use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::log::Log;
 use crate::model::{Event, Live, Session, SessionId, UserId};
-use crate::notify::{Notifier, Signal};
+use crate::notify::{self, Notifier, Signal};
 use crate::presence::Presence;
 use crate::ratelimit::{Buckets, LoginLimiter, Occupancy, Rate};
 use crate::session_cache::SessionCache;
 use crate::store;
 use crate::watch::Stop;
 
-/// How long ending a session waits for the other processes to forget it.
-const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
+/// How long ending a session waits for the other processes to forget it:
+/// longer than `session_cache::HEARD_WITHIN`, so a process that has not
+/// confirmed by then has stopped using its cache (ARCHITECTURE.md).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 
 /// What every worker shares: configuration and process-wide state.
 pub struct App {
@@ -69,29 +73,39 @@ impl App {
         self.hub.live(live);
     }
 
-    /// Ends committed session deletions everywhere: forgets the sessions
-    /// here, closes their WebSockets on every process, and returns once every
-    /// live process has forgotten them too, or after `CONFIRM_WITHIN`
-    /// (`confirm.rs`), so a token logged out is refused everywhere as soon as
-    /// the client hears it is.
-    pub fn end_sessions(&self, db: &mut Db, session_ids: Vec<SessionId>) {
-        self.sessions.forget(&session_ids);
-        let others = db.sql().and_then(|mut sql| store::list_live_processes(&mut sql, self.process_id));
-        let others = others.unwrap_or_else(|error| {
-            self.log.warn("cannot list the live processes to confirm a session end", &[("error", &error)]);
-            Vec::new()
-        });
-        let items: Vec<i64> = session_ids.iter().map(|id| id.0).collect();
-        let ticket = self.confirmations.ticket(&others, &items);
-        for session_id in &session_ids {
-            self.notifier.signal(Signal::SessionEnded { session_id: *session_id, ticket });
-        }
-        self.hub.sessions_ended(session_ids);
-        let missing = self.confirmations.wait(ticket, Instant::now() + CONFIRM_WITHIN);
+    /// Ends sessions everywhere: `delete` deletes them and returns their ids,
+    /// in one transaction with the NOTIFY that tells the other processes (so
+    /// the signal goes out if and only if the deletion commits); then the
+    /// sessions are forgotten here, their WebSockets closed on every process,
+    /// and this returns once every live process has forgotten them too, or
+    /// after `CONFIRM_WITHIN` (`confirm.rs`): a token logged out is refused
+    /// everywhere as soon as the client hears it is.
+    pub fn end_sessions(
+        &self,
+        db: &mut Db,
+        delete: impl FnOnce(&mut Sql<'_, Transaction<'_>>) -> Result<Vec<SessionId>, ApiError>,
+    ) -> Result<(), ApiError> {
+        let (ended, ticket) = db.transaction(|tx| {
+            let ended = delete(tx)?;
+            let others = store::list_live_processes(tx, self.process_id)?;
+            let items: Vec<i64> = ended.iter().map(|id| id.0).collect();
+            let ticket = self.confirmations.ticket(&others, &items);
+            let signals: Vec<Signal> = (ended.iter())
+                .map(|&session_id| Signal::SessionEnded { session_id, ticket: ticket.number() })
+                .collect();
+            for payload in notify::payloads(self.process_id, &signals) {
+                store::notify(tx, &payload)?;
+            }
+            Ok((ended, ticket))
+        })?;
+        self.sessions.forget(&ended);
+        self.hub.sessions_ended(ended);
+        let missing = ticket.wait(Instant::now() + CONFIRM_WITHIN);
         if !missing.is_empty() {
             let fields: [(&str, &dyn std::fmt::Display); 1] = [("processes", &missing.len())];
             self.log.warn("processes did not confirm a session end in time", &fields);
         }
+        Ok(())
     }
 }
 

@@ -33,14 +33,16 @@ struct Pending {
 
 impl Confirmations {
     /// A new ticket awaiting every one of `processes` to confirm every one of
-    /// `items`; never 0, which means "no confirmation wanted" on the wire.
-    pub fn ticket(&self, processes: &[i64], items: &[i64]) -> u64 {
+    /// `items`; its number is never 0, which means "no confirmation wanted"
+    /// on the wire. Dropped without a wait (a transaction that failed, say),
+    /// it is forgotten.
+    pub fn ticket(&self, processes: &[i64], items: &[i64]) -> Ticket<'_> {
         let mut pending = self.lock();
         pending.next_ticket += 1;
-        let ticket = pending.next_ticket;
+        let number = pending.next_ticket;
         let expected = processes.iter().flat_map(|process| items.iter().map(move |item| (*process, *item)));
-        pending.waiting.insert(ticket, expected.collect());
-        ticket
+        pending.waiting.insert(number, expected.collect());
+        Ticket { confirmations: self, number }
     }
 
     /// `process` confirmed `item` of `ticket`; unknown tickets are ignored.
@@ -53,7 +55,7 @@ impl Confirmations {
 
     /// Waits until everything of `ticket` is confirmed or `deadline` passed,
     /// and returns the processes that left something unconfirmed; the ticket is done.
-    pub fn wait(&self, ticket: u64, deadline: Instant) -> Vec<i64> {
+    fn wait(&self, ticket: u64, deadline: Instant) -> Vec<i64> {
         let mut pending = self.lock();
         loop {
             let waiting = pending.waiting.get(&ticket).map_or(0, HashSet::len);
@@ -74,6 +76,31 @@ impl Confirmations {
     }
 }
 
+/// A ticket being waited for; forgotten when dropped.
+pub struct Ticket<'a> {
+    confirmations: &'a Confirmations,
+    number: u64,
+}
+
+impl Ticket<'_> {
+    /// The number the signals carry.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Waits until everything is confirmed or `deadline` passed; returns the
+    /// processes that left something unconfirmed.
+    pub fn wait(self, deadline: Instant) -> Vec<i64> {
+        self.confirmations.wait(self.number, deadline)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.confirmations.lock().waiting.remove(&self.number);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -85,8 +112,8 @@ mod tests {
     fn a_ticket_for_nobody_is_done_at_once() {
         let confirmations = Confirmations::default();
         let ticket = confirmations.ticket(&[], &[1]);
-        assert_ne!(ticket, 0);
-        assert_eq!(confirmations.wait(ticket, Instant::now() + Duration::from_secs(60)), Vec::<i64>::new());
+        assert_ne!(ticket.number(), 0);
+        assert_eq!(ticket.wait(Instant::now() + Duration::from_secs(60)), Vec::<i64>::new());
     }
 
     #[test]
@@ -94,8 +121,10 @@ mod tests {
         let confirmations = Arc::new(Confirmations::default());
         let ticket = confirmations.ticket(&[7, 8], &[1, 2]);
         let other = confirmations.ticket(&[7], &[1]);
+        let (number, other_number) = (ticket.number(), other.number());
         let confirming = {
             let confirmations = confirmations.clone();
+            let ticket = number;
             std::thread::spawn(move || {
                 for (process, item) in [(7, 1), (7, 2), (8, 1)] {
                     confirmations.confirm(ticket, process, item);
@@ -104,22 +133,31 @@ mod tests {
                 confirmations.confirm(ticket, 8, 2);
             })
         };
-        assert_eq!(confirmations.wait(ticket, Instant::now() + Duration::from_secs(60)), Vec::<i64>::new());
+        assert_eq!(ticket.wait(Instant::now() + Duration::from_secs(60)), Vec::<i64>::new());
         confirming.join().unwrap();
         let deadline = Instant::now() + Duration::from_millis(10);
-        assert_eq!(confirmations.wait(other, deadline), vec![7], "a ticket's confirmations are its own");
+        assert_eq!(other.wait(deadline), vec![7], "a ticket's confirmations are its own");
+        assert_ne!(number, other_number);
     }
 
     #[test]
     fn the_wait_ends_at_the_deadline_naming_who_did_not_confirm() {
         let confirmations = Confirmations::default();
         let ticket = confirmations.ticket(&[3, 1, 2], &[5, 6]);
+        let number = ticket.number();
         for (process, item) in [(2, 5), (2, 6), (1, 5)] {
-            confirmations.confirm(ticket, process, item);
+            confirmations.confirm(number, process, item);
         }
-        assert_eq!(confirmations.wait(ticket, Instant::now() + Duration::from_millis(20)), vec![1, 3]);
+        assert_eq!(ticket.wait(Instant::now() + Duration::from_millis(20)), vec![1, 3]);
         assert!(confirmations.lock().waiting.is_empty(), "a waited ticket is forgotten");
-        confirmations.confirm(ticket, 1, 6);
+        confirmations.confirm(number, 1, 6);
         assert!(confirmations.lock().waiting.is_empty(), "a late confirmation leaves nothing behind");
+    }
+
+    #[test]
+    fn a_ticket_dropped_without_a_wait_is_forgotten() {
+        let confirmations = Confirmations::default();
+        drop(confirmations.ticket(&[1], &[2]));
+        assert!(confirmations.lock().waiting.is_empty());
     }
 }

@@ -33,11 +33,12 @@ pub struct Recipients {
     pub confirmations: Arc<Confirmations>,
 }
 
-/// The most notifications the listener hands on at once.
-const MAX_BATCH: usize = 256;
 /// How long the listener waits for a notification before it checks the stop
-/// flag and that its connection still lives.
-const WAIT: Duration = Duration::from_secs(1);
+/// flag and that its connection still lives; well under
+/// `session_cache::HEARD_WITHIN`, which a round must finish within.
+const WAIT: Duration = Duration::from_millis(500);
+/// How long the round trip that ends each round may take.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the watched listener thread; it ends when the server stops.
 pub fn start(db: Db, process_id: i64, to: Recipients, stop: Stop, log: Log, watch: &Watch) -> Result<(), String> {
@@ -82,29 +83,25 @@ fn run(mut db: Db, process_id: i64, to: &Recipients, stop: &Stop, log: Log) {
     }
 }
 
-/// Waits up to `WAIT` for notifications and hands them to the hub; an error
-/// when the connection is gone.
+/// One round: waits up to `WAIT` for a notification, makes a round trip,
+/// and hands on everything that arrived before its answer; an error when the
+/// connection is gone. PostgreSQL sends a listener the notifications
+/// committed before a query ahead of that query's answer, so when a round
+/// ends, everything committed before it began has been handled: what the
+/// session cache's `heard` relies on.
 fn relay(db: &mut Db, process_id: i64, to: &Recipients) -> Result<(), ApiError> {
     let mut sql = db.sql()?;
     let mut payloads = Vec::new();
-    {
-        let mut notifications = sql.client().notifications();
-        // Wait for the first; then take only what has already arrived, since
-        // `timeout_iter` restarts its timer on every notification and would
-        // never return under steady traffic.
-        if let Some(first) = notifications.timeout_iter(WAIT).next()? {
-            payloads.push(first.payload().to_string());
-        }
-        let mut arrived = notifications.iter();
-        while payloads.len() < MAX_BATCH {
-            match arrived.next()? {
-                Some(notification) => payloads.push(notification.payload().to_string()),
-                None => break,
-            }
-        }
+    // Wait for the first; `timeout_iter` restarts its timer on every
+    // notification and would never return under steady traffic.
+    if let Some(first) = sql.client().notifications().timeout_iter(WAIT).next()? {
+        payloads.push(first.payload().to_string());
     }
-    if payloads.is_empty() {
-        sql.client().is_valid(Duration::from_secs(5))?;
+    sql.client().is_valid(ROUND_TRIP_TIMEOUT)?;
+    let mut notifications = sql.client().notifications();
+    let mut arrived = notifications.iter();
+    while let Some(notification) = arrived.next()? {
+        payloads.push(notification.payload().to_string());
     }
     for (origin, signals) in payloads.iter().filter_map(|p| decode_payload(p)) {
         if origin == process_id {

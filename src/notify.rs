@@ -105,6 +105,8 @@ impl Signal {
             (Some("t"), 3) => Signal::Typing { chat_id: chat(1)?, user_id: user(2)? },
             (Some("r"), 4) => Signal::Read { chat_id: chat(1)?, user_id: user(2)?, seq: n(3)? },
             (Some("p"), 3) => Signal::Presence { user_id: user(1)?, online: n(2)? == 1 },
+            // Without a ticket: from a process of the release before tickets.
+            (Some("s"), 2) => Signal::SessionEnded { session_id: SessionId(n(1)?), ticket: 0 },
             (Some("s"), 3) => Signal::SessionEnded { session_id: SessionId(n(1)?), ticket: parts[2].parse().ok()? },
             (Some("c"), 4) => {
                 Signal::Confirmed { to: n(1)?, ticket: parts[2].parse().ok()?, session_id: SessionId(n(3)?) }
@@ -113,6 +115,22 @@ impl Signal {
             _ => return None,
         })
     }
+}
+
+/// `signals` from `process_id` as NOTIFY payloads, each under `MAX_PAYLOAD`:
+/// for a caller that sends them itself, inside its own transaction.
+pub fn payloads(process_id: i64, signals: &[Signal]) -> Vec<String> {
+    let mut payloads: Vec<String> = Vec::new();
+    for line in signals.iter().map(Signal::encode) {
+        match payloads.last_mut() {
+            Some(payload) if payload.len() + 1 + line.len() < MAX_PAYLOAD => {
+                payload.push('\n');
+                payload.push_str(&line);
+            }
+            _ => payloads.push(format!("{process_id}\n{line}")),
+        }
+    }
+    payloads
 }
 
 /// Splits a payload into its sender and signals; malformed lines are skipped.
@@ -244,6 +262,20 @@ mod tests {
         ];
         let payload = format!("42\n{}", signals.iter().map(Signal::encode).collect::<Vec<_>>().join("\n"));
         assert_eq!(decode_payload(&payload), Some((42, signals.to_vec())));
+    }
+
+    #[test]
+    fn many_signals_split_into_payloads_under_the_limit_in_order() {
+        let signals: Vec<Signal> =
+            (0..2000).map(|n| Signal::SessionEnded { session_id: SessionId(n), ticket: u64::MAX }).collect();
+        let payloads = payloads(42, &signals);
+        assert!(payloads.len() > 1 && payloads.iter().all(|payload| payload.len() < MAX_PAYLOAD));
+        let decoded: Vec<Signal> = payloads.iter().flat_map(|payload| decode_payload(payload).unwrap().1).collect();
+        assert_eq!(decoded, signals);
+        assert_eq!(
+            decode_payload("7\ns 5"),
+            Some((7, vec![Signal::SessionEnded { session_id: SessionId(5), ticket: 0 }]))
+        );
     }
 
     #[test]

@@ -229,11 +229,18 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
                     Err(_) => {}
                 }
             }
-            // Stopping: what tiny_http has already read is answered too. The
-            // last worker to end drops the server, which closes the listener.
-            while let Ok(Some(request)) = http.try_recv() {
-                db.begin();
-                handle(&app, &mut db, request);
+            // Stopping: what tiny_http has already read is answered too (an
+            // error here is the shut listener's, and skipped). The last worker
+            // to end drops the server, which closes the listener.
+            loop {
+                match http.try_recv() {
+                    Ok(Some(request)) => {
+                        db.begin();
+                        handle(&app, &mut db, request);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
             }
         })?;
         workers.push(worker);

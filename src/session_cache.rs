@@ -16,7 +16,7 @@
 //! Entries last `TTL` at most and never past the session's expiry; at most
 //! `CAPACITY` are kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,11 @@ use crate::model::{Session, SessionId};
 
 /// How long a verified session is reused before it is looked up again.
 pub const TTL: Duration = Duration::from_secs(30);
-/// How recently the listener must have finished a round for the cache to be
-/// used; it finishes one at least every second while all is well.
-pub const HEARD_WITHIN: Duration = Duration::from_secs(3);
+/// How recently the listener's last finished round must have begun for the
+/// cache to be used; it finishes one at least every half second while all is
+/// well. Ending a session waits longer than this for confirmations
+/// (`app::CONFIRM_WITHIN`).
+pub const HEARD_WITHIN: Duration = Duration::from_millis(1500);
 /// Sessions kept at most; a full cache drops what is stale, or else everything.
 pub const CAPACITY: usize = 10_000;
 
@@ -91,12 +93,14 @@ impl SessionCache {
 
     /// Forgets ended sessions.
     pub fn forget(&self, session_ids: &[SessionId]) {
+        let ended: HashSet<SessionId> = session_ids.iter().copied().collect();
         let mut inner = self.lock();
         inner.generation += 1;
-        inner.entries.retain(|_, entry| !session_ids.contains(&entry.session.id));
+        inner.entries.retain(|_, entry| !ended.contains(&entry.session.id));
     }
 
-    /// The listener finished a round: everything said before `now` is heard.
+    /// The listener finished a round that began at `now`: everything said
+    /// (committed) before `now` is heard.
     pub fn heard(&self, now: Instant) {
         let mut inner = self.lock();
         inner.heard_at = Some(inner.heard_at.map_or(now, |at| at.max(now)));

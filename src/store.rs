@@ -589,7 +589,8 @@ pub fn list_messages_as_member(
                 $condition,
                 " AND EXISTS (SELECT 1 FROM member) ORDER BY ",
                 $order,
-                " LIMIT $4) AS page ON true"
+                " LIMIT $4) AS page ON true ORDER BY page.",
+                $order
             )
         };
     }
@@ -730,8 +731,6 @@ pub fn beat_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Resul
     Ok(())
 }
 
-/// Forgets processes that stopped beating a minute ago, and their presence;
-/// returns how many processes, and the users whose connections those were (each once).
 /// The other server processes that are alive: their heartbeat is recent.
 pub fn list_live_processes(sql: &mut Sql<impl GenericClient>, except: i64) -> Result<Vec<i64>, ApiError> {
     let rows = sql.query(
@@ -741,6 +740,8 @@ pub fn list_live_processes(sql: &mut Sql<impl GenericClient>, except: i64) -> Re
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// Forgets processes that stopped beating a minute ago, and their presence;
+/// returns how many processes, and the users whose connections those were (each once).
 pub fn delete_dead_processes(sql: &mut Sql<impl GenericClient>) -> Result<(i64, Vec<UserId>), ApiError> {
     let row = sql.query_one(
         "WITH dead AS (DELETE FROM server_processes WHERE heartbeat_at < now() - interval '1 minute' RETURNING id),

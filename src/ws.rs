@@ -453,9 +453,10 @@ fn read(
                 }
             }
             Ok(Message::Binary(_)) => shared.close(u16::from(CloseCode::Unsupported)),
-            Ok(Message::Ping(_) | Message::Pong(_)) => {
-                // Each ping costs a pong and neither can carry an error frame, so
-                // control frames past the budget close the connection instead.
+            Ok(Message::Ping(_)) => {
+                // Each ping costs a pong, which cannot carry an error frame, so
+                // pings past the budget close the connection instead. Pongs cost
+                // nothing and answer the server's own pings: they are not counted.
                 last_heard = Instant::now();
                 if frame_budget.as_mut().is_some_and(|(rate, bucket)| bucket.take(*rate, last_heard).is_err()) {
                     shared.close(u16::from(CloseCode::Policy));

@@ -916,3 +916,41 @@ fn a_session_ended_on_one_process_is_refused_by_another_at_once() {
         }
     }
 }
+
+/// `kill -SIGNAL pid`.
+fn signal_process(signal: &str, pid: u32) {
+    let sent = std::process::Command::new("kill").args([format!("-{signal}"), pid.to_string()]).status();
+    assert!(sent.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
+}
+
+// Found by review: a process frozen across a logout elsewhere, and thawed
+// just after the logout answered, still used its cache for the token.
+#[test]
+fn a_session_ended_while_another_process_is_frozen_is_refused_there_after_it_thaws() {
+    let db_url = fresh_database();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (_a, http_a, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
+    let (b, http_b, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
+    let signup = json!({ "username": "alice", "email": "alice@example.com", "password": PASSWORD }).to_string();
+    let json_headers = [("Content-Type", "application/json")];
+    request(http_a, "POST", "/api/users", &json_headers, signup.as_bytes()).assert_status(201, "signup");
+    let login = json!({ "login": "alice", "password": PASSWORD }).to_string();
+
+    for round in 0..5u64 {
+        let resp = request(http_a, "POST", "/api/sessions", &json_headers, login.as_bytes());
+        let token = resp.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string();
+        for _ in 0..2 {
+            as_bearer(http_b, "GET", "/api/users/me", &token).assert_status(200, "B caches the session");
+        }
+        // At a different point of B's listener's round each time.
+        std::thread::sleep(Duration::from_millis(100 + 230 * round));
+        signal_process("STOP", b.pid());
+        let logout = as_bearer(http_a, "DELETE", "/api/sessions/current", &token);
+        std::thread::sleep(Duration::from_millis(100));
+        signal_process("CONT", b.pid());
+
+        logout.assert_status(204, &format!("round {round}: logout on A while B is frozen"));
+        let resp = as_bearer(http_b, "GET", "/api/users/me", &token);
+        check_error(&resp, 401, "unauthorized", None);
+    }
+}

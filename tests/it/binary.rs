@@ -638,6 +638,11 @@ fn serve_lowers_ws_max_connections_to_what_the_memory_mappings_limit_allows_and_
     let fit = (max_map_count - 4 * 100 - 2000) / 8;
     let stderr = server.stderr();
     let line = stderr.lines().find(|line| line.contains("msg=\"WS_MAX_CONNECTIONS lowered"));
+    if fit >= 1_000_000 {
+        // A kernel with room for a million WebSockets' mappings lowers nothing.
+        assert_eq!(line, None, "nothing lowered under max_map_count={max_map_count}");
+        return;
+    }
     let line = line.unwrap_or_else(|| panic!("no line about WS_MAX_CONNECTIONS:\n{stderr}"));
     for part in ["level=warn", "was=1000000", &format!("now={fit}"), &format!("max_map_count={max_map_count}")] {
         assert!(line.contains(part), "{part} in {line}");

@@ -861,6 +861,28 @@ fn a_small_body_behind_expect_100_continue_gets_100_continue_then_its_answer() {
     check_error(&resp, 401, "invalid_credentials", None);
 }
 
+// Found by review of patch 14: a chunked body that cannot be decoded got no
+// answer at all, and a chunk's size line was read without a bound.
+#[test]
+fn a_malformed_or_endless_chunked_body_gets_400_and_ends_its_connection() {
+    let app = spawn_app();
+    let head = "POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    let mut malformed = send(&app, &format!("{head}ZZ\r\n{{}}\r\n0\r\n\r\n"));
+    assert_refused_alone(&mut malformed, 400, "invalid_request", "a chunk size that is not hex", ANSWER);
+
+    // A size line of 2 MiB of zeros: past the 1 MiB the wire may carry.
+    let mut endless = send(&app, head);
+    let zeros = vec![b'0'; 64 * 1024];
+    for _ in 0..32 {
+        if endless.send(&zeros).is_err() {
+            break;
+        }
+    }
+    assert_refused_alone(&mut endless, 400, "invalid_request", "a chunk size line of 2 MiB", ANSWER);
+    assert_healthy(&app, "malformed and endless chunked bodies");
+}
+
 // See: the hardening issue, probe 7, at full size: ~10,100 idle connections
 // (no timeout, a thread each) exhausted the descriptors and the accept
 // thread died. Slow, so it runs only with SOAK=1 (`make soak`).

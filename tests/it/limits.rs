@@ -116,11 +116,17 @@ fn frames_past_a_connections_rate_get_rate_limited_error_frames() {
 }
 
 #[test]
-fn control_frames_past_a_connections_rate_close_it_with_1008() {
+fn pings_past_a_connections_rate_close_it_with_1008() {
     let app = spawn_app_with(&[("WS_FRAME_RATE", "1"), ("WS_FRAME_BURST", "5")]);
     let user = app.create_user();
     let mut ws = connect_bearer(app.ws_addr, &user.token);
     ws.recv_until(SOON, "ready", |frame| frame["type"] == "ready");
+    // Pongs are not counted: they answer the server's own pings.
+    for _ in 0..20 {
+        ws.send(Message::Pong(b"unasked".to_vec().into())).expect("send a pong");
+    }
+    ws.send_json(&json!({ "type": "ping" }));
+    assert_eq!(ws.recv(SOON, "the answer to a ping frame after 20 pongs")["type"], "pong");
 
     for _ in 0..20 {
         if ws.send(Message::Ping(b"flood".to_vec().into())).is_err() {

@@ -327,6 +327,16 @@ impl Iterator for ClientConnection {
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
+                // a chunked body that cannot be decoded, or is too long on the wire (project patch 14)
+                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::InvalidInput => {
+                    let writer = self.sink.next().unwrap();
+                    let response = refusal(400, "the chunked body is malformed or too long");
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
+                }
+
                 Err(ReadError::ReadIoError(_)) => return None,
 
                 Err(ReadError::Refused(status, message)) => {

@@ -125,6 +125,9 @@ impl From<IoError> for RequestCreationError {
 /// larger ones are read by whoever handles the request (project patch 13).
 const MAX_BUFFERED_BODY: usize = 64 * 1024;
 
+/// The most bytes a chunked body may take on the wire, its framing included (project patch 14).
+const MAX_CHUNKED_WIRE_BYTES: u64 = 1024 * 1024;
+
 /// Builds a new request.
 ///
 /// After the request line and headers have been read from the socket, a new `Request` object
@@ -231,7 +234,9 @@ where
             writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
             writer.flush()?;
         }
-        let mut decoder = Decoder::new(source_data);
+        // the decoder reads a chunk's size line without a bound, so the body's bytes on the
+        // wire are; past them it fails, which the connection answers with 400 (project patch 14)
+        let mut decoder = Decoder::new(source_data.take(MAX_CHUNKED_WIRE_BYTES));
         let mut buffer = Vec::new();
         decoder
             .by_ref()
