@@ -29,7 +29,7 @@ use crate::app::App;
 use crate::auth;
 use crate::error::ApiError;
 use crate::forwarded;
-use crate::http::{self, Query};
+use crate::http::{self, Body, Query};
 use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
 use crate::log::{self, Level};
 use crate::messages::{self, Sent};
@@ -40,7 +40,8 @@ use crate::watch::Watch;
 
 /// The largest frame or message a client may send.
 const MAX_MESSAGE: usize = 64 * 1024;
-const STACK_SIZE: usize = 256 * 1024;
+/// A connection thread's stack.
+pub const STACK_SIZE: usize = 256 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENCE_LIMIT: Duration = Duration::from_secs(75);
 /// How often the reader wakes to check the silence limit and the close flag.
@@ -230,12 +231,6 @@ fn handshake(
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_MESSAGE * 2)
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
     let side = ReadSide { stream, replies: None, handshake_deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT) };
     let mut opened = None;
     // tungstenite's callback type fixes the large `ErrorResponse`.
@@ -252,13 +247,24 @@ fn handshake(
             Err(reject(&error))
         }
     };
-    let mut socket = tungstenite::accept_hdr_with_config(side, callback, Some(config)).ok();
+    let mut socket = tungstenite::accept_hdr_with_config(side, callback, Some(config())).ok();
     if let Some(socket) = &mut socket {
         socket.get_mut().handshake_deadline = None;
         let _ = socket.get_ref().stream.set_read_timeout(Some(READ_TICK));
         let _ = socket.get_ref().stream.set_write_timeout(Some(WRITE_TIMEOUT));
     }
     (socket, opened)
+}
+
+/// tungstenite's settings for every connection: small buffers, and frames and
+/// messages of at most `MAX_MESSAGE`.
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE * 2)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// Registers the connection with the hub, records its presence and reads
@@ -489,30 +495,23 @@ fn answer(
         Err(error) => return Some(error.to_frame(None)),
     };
     let client_id = body.opt_str("client_id").ok().flatten().map(String::from);
-    let outcome = match body.str("type") {
-        Ok("ping") => Ok(Some(json!({ "type": "pong" }))),
-        Ok("typing") => body.i64("chat_id").map(ChatId).map(|chat_id| {
+    let outcome = parse_command(&body).and_then(|command| match command {
+        Command::Ping => Ok(Some(json!({ "type": "pong" }))),
+        Command::Typing { chat_id } => {
             // More typing frames for a chat than this say nothing new; they are dropped.
             last_typing.retain(|_, at: &mut Instant| at.elapsed() < TYPING_EVERY);
             if let std::collections::hash_map::Entry::Vacant(slot) = last_typing.entry(chat_id) {
                 slot.insert(Instant::now());
                 app.hub.typing(conn, chat_id);
             }
-            None
-        }),
-        Ok("read") => (|| {
-            let (chat_id, seq) = (ChatId(body.i64("chat_id")?), body.i64("seq")?);
-            if seq < 0 {
-                return Err(ApiError::invalid("seq", "seq must not be negative"));
-            }
+            Ok(None)
+        }
+        Command::Read { chat_id, seq } => {
             let app = app.clone();
             app.jobs.clone().run(move |db| messages::mark_read_up_to(&app, db, user_id, chat_id, seq))?;
             Ok(None)
-        })(),
-        Ok("send") => (|| {
-            let chat_id = ChatId(body.i64("chat_id")?);
-            let content = messages::parse_content(body.str("content")?)?.to_string();
-            let client_id = messages::parse_client_id(body.opt_str("client_id")?)?.map(String::from);
+        }
+        Command::Send { chat_id, content, client_id } => {
             let app = app.clone();
             let sent = app
                 .jobs
@@ -520,14 +519,43 @@ fn answer(
                 .run(move |db| messages::send(&app, db, user_id, chat_id, &content, client_id.as_deref()))?;
             let (Sent::New(message) | Sent::Retried(message)) = sent;
             Ok(Some(json!({ "type": "ack", "client_id": message.client_id, "message": message })))
-        })(),
-        Ok(_) => Err(ApiError::invalid("type", "type must be send, typing, read or ping")),
-        Err(error) => Err(error),
-    };
+        }
+    });
     outcome.unwrap_or_else(|error| {
         log_failure(app, "WebSocket frame failed", conn, &error);
         Some(error.to_frame(client_id.as_deref()))
     })
+}
+
+/// What a frame of the current protocol asks for, its fields checked.
+pub enum Command {
+    Ping,
+    Typing { chat_id: ChatId },
+    Read { chat_id: ChatId, seq: i64 },
+    Send { chat_id: ChatId, content: String, client_id: Option<String> },
+}
+
+/// Reads a frame's `type` and the fields that type needs, in the order their
+/// errors are reported; nothing here touches the database.
+pub fn parse_command(body: &Body) -> Result<Command, ApiError> {
+    match body.str("type")? {
+        "ping" => Ok(Command::Ping),
+        "typing" => Ok(Command::Typing { chat_id: ChatId(body.i64("chat_id")?) }),
+        "read" => {
+            let (chat_id, seq) = (ChatId(body.i64("chat_id")?), body.i64("seq")?);
+            if seq < 0 {
+                return Err(ApiError::invalid("seq", "seq must not be negative"));
+            }
+            Ok(Command::Read { chat_id, seq })
+        }
+        "send" => {
+            let chat_id = ChatId(body.i64("chat_id")?);
+            let content = messages::parse_content(body.str("content")?)?.to_string();
+            let client_id = messages::parse_client_id(body.opt_str("client_id")?)?.map(String::from);
+            Ok(Command::Send { chat_id, content, client_id })
+        }
+        _ => Err(ApiError::invalid("type", "type must be send, typing, read or ping")),
+    }
 }
 
 /// Logs a failure whose cause an operator must see (a `500` or `503`); a
