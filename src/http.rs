@@ -175,6 +175,11 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
 pub struct Body(Map<String, Value>);
 
 impl Body {
+    /// Every field, as parsed.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
     /// A required string.
     pub fn str(&self, field: &'static str) -> Result<&str, ApiError> {
         self.opt_str(field)?.ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))

@@ -3,10 +3,11 @@
 //!
 //! Modules in reading order, roughly from the bottom layer up: plain data,
 //! the database and the SQL, the pieces a request is made of, the real-time
-//! threads, what the process shares, the handlers by resource, and the
-//! server that starts it all. A module imports only from lower layers, as
-//! `LAYERS` below lists them (`tests::modules_import_only_from_lower_layers`
-//! checks it); ARCHITECTURE.md has the map and the invariants.
+//! threads, what the process shares, the handlers by resource, the server
+//! that starts it all, and what the fuzz targets call. A module imports only
+//! from lower layers, as `LAYERS` below lists them
+//! (`tests::modules_import_only_from_lower_layers` checks it);
+//! ARCHITECTURE.md has the map and the invariants.
 
 pub mod model;
 pub mod log;
@@ -39,6 +40,8 @@ mod ops;
 mod legacy;
 mod ws;
 pub mod server;
+#[doc(hidden)]
+pub mod fuzzing;
 
 #[cfg(test)]
 mod tests {
@@ -47,7 +50,7 @@ mod tests {
     /// Each module's layer, from the bottom up: a module may import only from
     /// layers below its own, so no two modules import each other, however
     /// indirectly. ARCHITECTURE.md draws the same picture.
-    const LAYERS: [&[&str]; 11] = [
+    const LAYERS: [&[&str]; 12] = [
         &["model", "log", "ratelimit", "forwarded", "confirm"],
         &["error", "watch", "sequencer", "session_cache"],
         &["db", "router", "http", "directory"],
@@ -59,6 +62,7 @@ mod tests {
         &["accounts", "chats", "messages", "events", "ops"],
         &["legacy", "ws"],
         &["server"],
+        &["fuzzing"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

@@ -294,7 +294,7 @@ fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
 
 /// The client's `X-Request-Id` when it is a plain token (a proxy's, say),
 /// else a fresh one: 16 hex digits.
-fn request_id(given: Option<&str>) -> String {
+pub(crate) fn request_id(given: Option<&str>) -> String {
     let plain =
         |id: &str| (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     match given {
@@ -354,7 +354,8 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
     }
 }
 
-fn tiny_response(reply: Reply, request_id: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+/// The reply as tiny_http writes it, with its request id.
+pub(crate) fn tiny_response(reply: Reply, request_id: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let has_body = !reply.body.is_empty();
     let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
     response.add_header(header("X-Request-Id", request_id));
