@@ -699,6 +699,25 @@ fn connections_past_the_bound_get_503_until_one_ends() {
     });
 }
 
+// Found by the fuzz target `http` (fuzz/regressions/http): tiny_http answered
+// a request line of a version above 1.1 through a second response writer,
+// which waits for the request's own, held by the same thread; that thread,
+// the connection's descriptors and its place were taken for good.
+#[test]
+fn request_lines_of_http_2_get_505_and_their_connections_end() {
+    let app = spawn_app_with(&[("HTTP_MAX_CONNECTIONS", "4")]);
+
+    for (idx, version) in ["HTTP/2.0", "HTTP/3.0"].repeat(4).into_iter().enumerate() {
+        let mut conn = send(&app, &format!("GET /healthz {version}\r\nHost: x\r\n\r\n"));
+
+        let what = format!("GET /healthz {version}, connection #{idx}");
+        conn.response(ANSWER).unwrap_or_else(|e| panic!("{what}: {e}")).assert_status(505, &what);
+        conn.assert_closed(ANSWER, &what);
+    }
+
+    assert_healthy(&app, "eight request lines of HTTP/2.0 and 3.0");
+}
+
 /// The compiled server, on a migrated database, once it accepts connections,
 /// with its open files limit then lowered to NOFILE (`prlimit --pid`); with
 /// its HTTP address. It starts with room to spare, since `serve` refuses a
