@@ -718,6 +718,31 @@ fn request_lines_of_http_2_get_505_and_their_connections_end() {
     assert_healthy(&app, "eight request lines of HTTP/2.0 and 3.0");
 }
 
+// Found by the fuzz target `http` (fuzz/regressions/http): tiny_http wrote the
+// request line's version into its answer's status line, so a request claiming
+// HTTP/2.0 with a malformed header got `HTTP/2.0 400`, a version this server
+// does not speak (RFC 9110, section 6.2: a sender must not send one).
+#[test]
+fn answers_name_http_1_0_or_1_1_whatever_the_request_line_claims() {
+    let app = spawn_app();
+    // (request, the start of the answer)
+    let cases = [
+        ("GET /healthz HTTP/2.0\r\nHost: x\r\nno colon\r\n\r\n", "HTTP/1.1 400 "),
+        ("GET /healthz HTTP/3.0\r\nHost: x\r\nExpect: a-miracle\r\n\r\n", "HTTP/1.1 417 "),
+        ("GET /healthz HTTP/0.9\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.0 200 "),
+    ];
+
+    for (request, expected) in cases {
+        let mut conn = send(&app, request);
+
+        let answer = conn.assert_closed(ANSWER, request);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(expected), "{request:?} got:\n{answer}");
+    }
+
+    assert_healthy(&app, "request lines of HTTP/2.0, 3.0 and 0.9");
+}
+
 /// The compiled server, on a migrated database, once it accepts connections,
 /// with its open files limit then lowered to NOFILE (`prlimit --pid`); with
 /// its HTTP address. It starts with room to spare, since `serve` refuses a

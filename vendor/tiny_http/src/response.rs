@@ -339,6 +339,10 @@ where
         do_not_send_body: bool,
         upgrade: Option<&str>,
     ) -> IoResult<()> {
+        // the status line names a version this server speaks, whatever the request's said
+        // (project patch 16)
+        let http_version = http_version.clamp(HTTPVersion(1, 0), HTTPVersion(1, 1));
+
         let mut transfer_encoding = Some(choose_transfer_encoding(
             self.status_code,
             request_headers,
