@@ -84,6 +84,7 @@ fn config() -> &'static Config {
 pub fn http(input: &[u8]) -> Vec<u8> {
     static SERVER: OnceLock<SocketAddr> = OnceLock::new();
     let addr = *SERVER.get_or_init(start_http);
+    assert_eq!(SERVER_PANICS.load(Ordering::SeqCst), 0, "an earlier input made the harness's server panic");
     let stream = TcpStream::connect(addr).expect("connect to the harness's server");
     stream.set_write_timeout(Some(ANSWER)).expect("set a write timeout");
     let answer = std::thread::scope(|scope| {
@@ -94,7 +95,7 @@ pub fn http(input: &[u8]) -> Vec<u8> {
         });
         read_until_closed(&stream)
     });
-    assert_eq!(SERVER_PANICS.load(Ordering::SeqCst), 0, "a thread of the harness's server panicked");
+    assert_eq!(SERVER_PANICS.load(Ordering::SeqCst), 0, "this input made the harness's server panic");
     let status_line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
     if !answer.is_empty() {
         let status = status_line.get(9..12).and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok());

@@ -46,3 +46,5 @@ mod hostile;
 mod proxy;
 // `make soak`'s sends through database faults and hostile clients: nothing acknowledged is lost.
 mod soak;
+// The fuzz targets' findings and seeds (fuzz/), replayed through `messaging::fuzzing`.
+mod fuzz;
