@@ -130,7 +130,9 @@ fn read_until_closed(mut stream: &TcpStream) -> Vec<u8> {
 }
 
 /// Panics in the threads of the harness's server: its worker and tiny_http's
-/// threads (the only threads without a name).
+/// threads, the only threads without a name (in a test process that runs
+/// other servers too, which plain `cargo test` does, their tiny_http threads
+/// count as well).
 static SERVER_PANICS: AtomicUsize = AtomicUsize::new(0);
 
 /// Starts the harness's server: the patched tiny_http with the server's
@@ -187,7 +189,8 @@ fn answer(request: &mut tiny_http::Request, config: &Config) -> Result<Reply, Ap
 ///
 /// # Panics
 /// When a route's name disagrees with the method, a `405` allows the method
-/// it refused or nothing, or the router answers anything but 404 or 405.
+/// it refused or nothing, the router answers anything but 404 or 405, a
+/// query getter returns a number out of its range, or a forged ticket passes.
 pub fn route(input: &[u8]) {
     let Ok(text) = std::str::from_utf8(input) else { return };
     let (method, url) = text.split_once(' ').unwrap_or(("GET", text));
