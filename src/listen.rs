@@ -37,8 +37,12 @@ pub struct Recipients {
 /// flag and that its connection still lives; well under
 /// `session_cache::HEARD_WITHIN`, which a round must finish within.
 const WAIT: Duration = Duration::from_millis(500);
-/// How long the round trip that ends each round may take.
+/// How long the round trip that ends a round may take.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time between two rounds that end with a round trip: under
+/// steady traffic a round is short, and a round trip for each would cost
+/// PostgreSQL as much as the notifications themselves.
+const ROUND_TRIP_EVERY: Duration = Duration::from_millis(100);
 
 /// Starts the watched listener thread; it ends when the server stops.
 pub fn start(db: Db, process_id: i64, to: Recipients, stop: Stop, log: Log, watch: &Watch) -> Result<(), String> {
@@ -69,27 +73,32 @@ fn run(mut db: Db, process_id: i64, to: &Recipients, stop: &Stop, log: Log) {
         }
         listened_before = true;
         lost = false;
+        let mut last_round_trip: Option<Instant> = None;
         while !stop.is_set() {
             let started = Instant::now();
-            if let Err(error) = relay(&mut db, process_id, to) {
+            let round_trip = last_round_trip.is_none_or(|at| started.duration_since(at) >= ROUND_TRIP_EVERY);
+            if let Err(error) = relay(&mut db, process_id, to, round_trip) {
                 log.warn("lost the LISTEN connection", &[("thread", &"listener"), ("error", &error)]);
                 lost = true;
                 break;
             }
-            to.sessions.heard(started);
+            if round_trip {
+                last_round_trip = Some(started);
+                to.sessions.heard(started);
+            }
         }
         to.sessions.forget_all();
         db.disconnect();
     }
 }
 
-/// One round: waits up to `WAIT` for a notification, makes a round trip,
-/// and hands on everything that arrived before its answer; an error when the
-/// connection is gone. PostgreSQL sends a listener the notifications
-/// committed before a query ahead of that query's answer, so when a round
-/// ends, everything committed before it began has been handled: what the
-/// session cache's `heard` relies on.
-fn relay(db: &mut Db, process_id: i64, to: &Recipients) -> Result<(), ApiError> {
+/// One round: waits up to `WAIT` for a notification, makes a round trip if
+/// `round_trip`, and hands on everything that arrived (before its answer);
+/// an error when the connection is gone. PostgreSQL sends a listener the
+/// notifications committed before a query ahead of that query's answer, so
+/// when a round with a round trip ends, everything committed before it began
+/// has been handled: what the session cache's `heard` relies on.
+fn relay(db: &mut Db, process_id: i64, to: &Recipients, round_trip: bool) -> Result<(), ApiError> {
     let mut sql = db.sql()?;
     let mut payloads = Vec::new();
     // Wait for the first; `timeout_iter` restarts its timer on every
@@ -97,7 +106,9 @@ fn relay(db: &mut Db, process_id: i64, to: &Recipients) -> Result<(), ApiError> 
     if let Some(first) = sql.client().notifications().timeout_iter(WAIT).next()? {
         payloads.push(first.payload().to_string());
     }
-    sql.client().is_valid(ROUND_TRIP_TIMEOUT)?;
+    if round_trip {
+        sql.client().is_valid(ROUND_TRIP_TIMEOUT)?;
+    }
     let mut notifications = sql.client().notifications();
     let mut arrived = notifications.iter();
     while let Some(notification) = arrived.next()? {
