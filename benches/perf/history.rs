@@ -5,7 +5,7 @@
 
 use crate::pgbench;
 use crate::probe::observe;
-use crate::report::{self, Check, Row, Section, Target};
+use crate::report::{self, Check, Row, Section};
 use crate::setup;
 use crate::stats;
 use crate::versus::{versus, wrk_medians};
@@ -71,12 +71,7 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
             ours: wrk_medians(&measured.ours),
             baseline: format!("pgbench, the 3 SELECTs: {} tps", report::number(baseline_tps)),
             ratio: Some(measured.compared.ratio),
-            checks: vec![Check {
-                what: "ratio",
-                value: measured.compared.ratio.median,
-                target: Target::AtLeast(0.8),
-                unit: "",
-            }],
+            checks: vec![Check::ratio_at_least(measured.compared.ratio.median, 0.8)],
             limited_by: measured.compared.limited_by,
         });
     }

@@ -31,6 +31,11 @@ pub struct Check {
 }
 
 impl Check {
+    /// A throughput ratio to its baseline that must reach `least`.
+    pub fn ratio_at_least(ratio: f64, least: f64) -> Check {
+        Check { what: "ratio", value: ratio, target: Target::AtLeast(least), unit: "" }
+    }
+
     pub fn met(&self) -> bool {
         match self.target {
             Target::AtLeast(t) => self.value >= t,

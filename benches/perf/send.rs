@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::pgbench;
 use crate::probe::observe;
-use crate::report::{self, Check, Row, Section, Target};
+use crate::report::{self, Check, Row, Section};
 use crate::setup::{self, User};
 use crate::stats;
 use crate::versus::{versus, wrk_medians};
@@ -84,12 +84,7 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
                 ours: wrk_medians(&measured.ours),
                 baseline: format!("pgbench, the insert alone: {} tps", report::number(baseline_tps)),
                 ratio: Some(measured.compared.ratio),
-                checks: vec![Check {
-                    what: "ratio",
-                    value: measured.compared.ratio.median,
-                    target: Target::AtLeast(0.9),
-                    unit: "",
-                }],
+                checks: vec![Check::ratio_at_least(measured.compared.ratio.median, 0.9)],
                 limited_by: measured.compared.limited_by,
             });
         }
@@ -138,12 +133,7 @@ pub fn run(bench: &mut Bench) -> BenchResult<Vec<Section>> {
                 ours: wrk_medians(&measured.ours),
                 baseline: format!("nobody connected: {}", wrk_medians(&measured.baseline)),
                 ratio: Some(measured.compared.ratio),
-                checks: vec![Check {
-                    what: "ratio",
-                    value: measured.compared.ratio.median,
-                    target: Target::AtLeast(0.9),
-                    unit: "",
-                }],
+                checks: vec![Check::ratio_at_least(measured.compared.ratio.median, 0.9)],
                 limited_by: measured.compared.limited_by,
             }],
             detail,

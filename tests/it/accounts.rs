@@ -873,26 +873,34 @@ fn as_bearer(addr: SocketAddr, method: &str, path: &str, token: &str) -> Resp {
     request(addr, method, path, &[("Authorization", &authorization)], b"")
 }
 
+/// Two compiled servers on one database, and the account `alice` made
+/// through the first: each server with its HTTP address.
+fn two_processes_with_alice() -> (crate::binary::Running, SocketAddr, crate::binary::Running, SocketAddr) {
+    let db_url = fresh_database();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (a, http_a, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
+    let (b, http_b, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
+    let signup = json!({ "username": "alice", "email": "alice@example.com", "password": PASSWORD }).to_string();
+    let json_headers = [("Content-Type", "application/json")];
+    request(http_a, "POST", "/api/users", &json_headers, signup.as_bytes()).assert_status(201, "signup");
+    (a, http_a, b, http_b)
+}
+
+/// A new session of `alice` on the server at `http`: its token.
+fn log_in_alice(http: SocketAddr) -> String {
+    let login = json!({ "login": "alice", "password": PASSWORD }).to_string();
+    let resp = request(http, "POST", "/api/sessions", &[("Content-Type", "application/json")], login.as_bytes());
+    resp.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string()
+}
+
 // Issue 14: sessions are cached per process, so ending one must reach every
 // process's cache before the client hears it ended (src/confirm.rs).
 #[test]
 fn a_session_ended_on_one_process_is_refused_by_another_at_once() {
-    let db_url = fresh_database();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (_a, http_a, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
-    let (_b, http_b, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
-    let signup = json!({ "username": "alice", "email": "alice@example.com", "password": PASSWORD }).to_string();
-    let json_headers = [("Content-Type", "application/json")];
-    request(http_a, "POST", "/api/users", &json_headers, signup.as_bytes()).assert_status(201, "signup");
-    let login = json!({ "login": "alice", "password": PASSWORD }).to_string();
+    let (_a, http_a, _b, http_b) = two_processes_with_alice();
 
     for round in 0..20 {
-        let tokens: Vec<String> = (0..2)
-            .map(|_| {
-                let resp = request(http_a, "POST", "/api/sessions", &json_headers, login.as_bytes());
-                resp.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string()
-            })
-            .collect();
+        let tokens: Vec<String> = (0..2).map(|_| log_in_alice(http_a)).collect();
         for token in &tokens {
             // Twice, so that process B has surely cached the session.
             for _ in 0..2 {
@@ -927,18 +935,10 @@ fn signal_process(signal: &str, pid: u32) {
 // just after the logout answered, still used its cache for the token.
 #[test]
 fn a_session_ended_while_another_process_is_frozen_is_refused_there_after_it_thaws() {
-    let db_url = fresh_database();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (_a, http_a, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
-    let (b, http_b, _) = crate::binary::serve_in(repo, &db_url, &[("RATE_LIMITS", "off")]);
-    let signup = json!({ "username": "alice", "email": "alice@example.com", "password": PASSWORD }).to_string();
-    let json_headers = [("Content-Type", "application/json")];
-    request(http_a, "POST", "/api/users", &json_headers, signup.as_bytes()).assert_status(201, "signup");
-    let login = json!({ "login": "alice", "password": PASSWORD }).to_string();
+    let (_a, http_a, b, http_b) = two_processes_with_alice();
 
     for round in 0..5u64 {
-        let resp = request(http_a, "POST", "/api/sessions", &json_headers, login.as_bytes());
-        let token = resp.assert_status(201, "login").json()["token"].as_str().expect("a token").to_string();
+        let token = log_in_alice(http_a);
         for _ in 0..2 {
             as_bearer(http_b, "GET", "/api/users/me", &token).assert_status(200, "B caches the session");
         }
