@@ -196,9 +196,25 @@ pub(crate) fn assert_failed_cleanly(output: &Output, what: &str) {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, for a compiled server to
+/// bind. It is below the kernel's ephemeral range, from which client sockets
+/// take their local ports: a port 0 bind would come from that range, and a
+/// test beside this one opening hundreds of connections could take it before
+/// the server binds it.
 pub(crate) fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("a local address")
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_from: u16 = range.split_whitespace().next().and_then(|low| low.parse().ok()).unwrap_or(0);
+    if ephemeral_from < 4096 {
+        return TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("a local address");
+    }
+    let below = ephemeral_from - 2048;
+    loop {
+        let random = u16::from_str_radix(&random_hex(2), 16).expect("four hex digits");
+        let port = 2048 + random % below;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("a local address");
+        }
+    }
 }
 
 #[test]
