@@ -510,6 +510,8 @@ mod tests {
             created_at: OffsetDateTime::UNIX_EPOCH,
             edited_at: None,
             deleted: false,
+            reply_to_seq: None,
+            reactions: Vec::new(),
         };
         event(chat, seq, EventKind::MessageCreated, Payload::Message(message))
     }

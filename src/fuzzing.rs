@@ -34,7 +34,7 @@ use crate::ws::{self, Command};
 const ANSWER: Duration = Duration::from_secs(5);
 
 /// Every body field a handler or a frame reads.
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 18] = [
     "username",
     "email",
     "password",
@@ -46,6 +46,7 @@ const FIELDS: [&str; 17] = [
     "user_id",
     "content",
     "client_id",
+    "reply_to_seq",
     "seq",
     "type",
     "chat_id",
@@ -264,8 +265,10 @@ fn body(body: &Body) {
             Ok(None) => assert!(absent && body.str(field).is_err()),
             Err(_) => assert!(body.str(field).is_err()),
         }
-        if let Ok(n) = body.i64(field) {
-            assert_eq!(value.and_then(Value::as_i64), Some(n));
+        match body.opt_i64(field) {
+            Ok(Some(n)) => assert_eq!((value.and_then(Value::as_i64), body.i64(field).ok()), (Some(n), Some(n))),
+            Ok(None) => assert!(absent && body.i64(field).is_err()),
+            Err(_) => assert!(body.i64(field).is_err()),
         }
         match body.opt_bool(field) {
             Ok(Some(b)) => assert_eq!(body.bool(field).ok(), Some(b)),
@@ -287,11 +290,8 @@ fn body(body: &Body) {
     if let Ok(chat) = chats::parse_new_chat(UserId(1), is_group, title, member_ids) {
         assert!(chat.member_ids.len() < chats::MAX_MEMBERS && !chat.member_ids.contains(&UserId(1)));
     }
-    if let Ok(content) = body.str("content") {
-        let _ = messages::parse_content(content);
-    }
-    if let Ok(client_id) = body.opt_str("client_id") {
-        let _ = messages::parse_client_id(client_id);
+    if let Ok(draft) = messages::Draft::parse(body) {
+        assert!(draft.reply_to_seq.is_none_or(|seq| seq > 0));
     }
 }
 
@@ -347,9 +347,10 @@ fn frame_text(frame: &[u8]) {
             let client_id = body.opt_str("client_id").ok().flatten();
             match ws::parse_command(&body) {
                 Ok(Command::Read { seq, .. }) => assert!(seq >= 0),
-                Ok(Command::Send { content, client_id, .. }) => {
-                    assert!(messages::parse_content(&content).is_ok());
-                    assert!(client_id.is_none_or(|id| (1..=64).contains(&id.chars().count())));
+                Ok(Command::Send { draft, .. }) => {
+                    assert!(messages::parse_content(&draft.content).is_ok());
+                    assert!(draft.client_id.is_none_or(|id| (1..=64).contains(&id.chars().count())));
+                    assert!(draft.reply_to_seq.is_none_or(|seq| seq > 0));
                 }
                 Ok(Command::Ping | Command::Typing { .. }) => {}
                 Err(error) => drop(error.to_frame(client_id).to_string()),
@@ -358,7 +359,7 @@ fn frame_text(frame: &[u8]) {
         Err(error) => drop(error.to_frame(None).to_string()),
     }
     // The seed's socket, as `ws::answer_seed` reads it.
-    let _ = http::parse_body(frame).and_then(|body| Ok(messages::parse_content(body.str("content")?)?.len()));
+    let _ = http::parse_body(frame).and_then(|body| messages::Draft::text(body.str("content")?));
 }
 
 /// A client's bytes in; tungstenite's replies (pongs, the close) go nowhere.

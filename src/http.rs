@@ -199,11 +199,16 @@ impl Body {
 
     /// A required whole number.
     pub fn i64(&self, field: &'static str) -> Result<i64, ApiError> {
+        self.opt_i64(field)?.ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))
+    }
+
+    /// An optional whole number; `null` counts as absent.
+    pub fn opt_i64(&self, field: &'static str) -> Result<Option<i64>, ApiError> {
         match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => {
-                n.as_i64().ok_or_else(|| ApiError::invalid(field, format!("{field} must be a whole number")))
+                n.as_i64().map(Some).ok_or_else(|| ApiError::invalid(field, format!("{field} must be a whole number")))
             }
-            None | Some(Value::Null) => Err(ApiError::invalid(field, format!("{field} is required"))),
             Some(_) => Err(ApiError::invalid(field, format!("{field} must be a whole number"))),
         }
     }

@@ -22,6 +22,7 @@ mod http;
 pub mod watch;
 mod sequencer;
 mod session_cache;
+mod reactions;
 mod directory;
 pub mod migrate;
 mod store;
@@ -52,7 +53,7 @@ mod tests {
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 12] = [
         &["model", "log", "ratelimit", "forwarded", "confirm"],
-        &["error", "watch", "sequencer", "session_cache"],
+        &["error", "watch", "sequencer", "session_cache", "reactions"],
         &["db", "router", "http", "directory"],
         &["store", "migrate"],
         &["config", "auth", "jobs", "notify"],

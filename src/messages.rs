@@ -1,5 +1,5 @@
-//! Handlers for messages: send, history, edit, delete, read markers
-//! (contract section 4).
+//! Handlers for messages: send (with replies), history, edit, delete,
+//! reactions, read markers (contract sections 4 and 9).
 //!
 //! A send is one SQL statement that takes the chat's next seq under its row
 //! lock, stores the message and appends its event, so it is atomic without a
@@ -13,8 +13,10 @@ use serde_json::json;
 use crate::app::{App, Ctx};
 use crate::db::{Db, Sql};
 use crate::error::ApiError;
-use crate::http::Reply;
-use crate::model::{ChatId, EventKind, Live, Message, MessageId, Payload, UserId};
+use crate::http::{Body, Reply};
+use crate::model::{ChatId, EventKind, Live, Message, MessageId, Payload, ReactionChange, UserId};
+use crate::reactions;
+use crate::router::EmojiSegment;
 use crate::store;
 
 /// Message text: 1 to 4000 characters, not only white space.
@@ -35,6 +37,32 @@ pub fn parse_client_id(client_id: Option<&str>) -> Result<Option<&str>, ApiError
     }
 }
 
+/// A message to send, its fields checked: what REST and WebSocket sends carry.
+pub struct Draft {
+    pub content: String,
+    pub client_id: Option<String>,
+    /// The seq of the message this one answers; whether it is one of the
+    /// chat's messages is checked by the send's statement.
+    pub reply_to_seq: Option<i64>,
+}
+
+impl Draft {
+    pub fn parse(body: &Body) -> Result<Draft, ApiError> {
+        let content = parse_content(body.str("content")?)?.to_string();
+        let client_id = parse_client_id(body.opt_str("client_id")?)?.map(String::from);
+        let reply_to_seq = body.opt_i64("reply_to_seq")?;
+        if reply_to_seq.is_some_and(|seq| seq < 1) {
+            return Err(ApiError::invalid("reply_to_seq", "reply_to_seq must be the seq of a message in this chat"));
+        }
+        Ok(Draft { content, client_id, reply_to_seq })
+    }
+
+    /// Only text: what the seed's clients send.
+    pub fn text(content: &str) -> Result<Draft, ApiError> {
+        Ok(Draft { content: parse_content(content)?.to_string(), client_id: None, reply_to_seq: None })
+    }
+}
+
 /// Whether a send stored a new message or found the one a retry refers to.
 pub enum Sent {
     New(Message),
@@ -43,10 +71,8 @@ pub enum Sent {
 
 /// `POST /api/chats/{id}/messages`
 pub fn send_message(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Reply, ApiError> {
-    let body = ctx.body()?;
-    let content = parse_content(body.str("content")?)?;
-    let client_id = parse_client_id(body.opt_str("client_id")?)?;
-    match send(ctx.app, ctx.db, user_id, chat_id, content, client_id)? {
+    let draft = Draft::parse(&ctx.body()?)?;
+    match send(ctx.app, ctx.db, user_id, chat_id, &draft)? {
         Sent::New(message) => Ok(Reply::json(201, &message)),
         Sent::Retried(message) => Ok(Reply::json(200, &message)),
     }
@@ -54,14 +80,8 @@ pub fn send_message(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<R
 
 /// Stores a message and publishes its event; shared by REST, WebSocket and
 /// seed routes, so one budget per user (`MESSAGE_RATE`) covers them all.
-pub fn send(
-    app: &App,
-    db: &mut Db,
-    user_id: UserId,
-    chat_id: ChatId,
-    content: &str,
-    client_id: Option<&str>,
-) -> Result<Sent, ApiError> {
+pub fn send(app: &App, db: &mut Db, user_id: UserId, chat_id: ChatId, draft: &Draft) -> Result<Sent, ApiError> {
+    let client_id = draft.client_id.as_deref();
     let sql = &mut db.sql()?;
     if let Some(client_id) = client_id {
         if let Some(message) = store::find_message_by_client_id(sql, chat_id, user_id, client_id)? {
@@ -72,7 +92,7 @@ pub fn send(
     if let Err(retry_after_secs) = app.limits.messages.take(&user_id) {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
-    match store::insert_message(sql, chat_id, user_id, content, client_id) {
+    match store::insert_message(sql, chat_id, user_id, &draft.content, client_id, draft.reply_to_seq) {
         Ok(Some(message)) => {
             app.publish(&[message.event(EventKind::MessageCreated, user_id, message.seq, message.created_at)]);
             Ok(Sent::New(message))
@@ -153,6 +173,72 @@ pub fn delete_message(
         }
         let payload = Payload::Message(store::tombstone_message(tx, message_id)?);
         store::insert_event(tx, chat_id, seq, EventKind::MessageDeleted, user_id, payload).map(Some)
+    })?;
+    ctx.app.publish(event.as_slice());
+    Ok(Reply::no_content())
+}
+
+/// `PUT /api/chats/{id}/messages/{message_id}/reactions/{emoji}`: any member;
+/// reacting again changes nothing; a deleted message is `409`, and so is a
+/// 21st distinct emoji.
+pub fn add_reaction(
+    ctx: &mut Ctx,
+    user_id: UserId,
+    chat_id: ChatId,
+    message_id: MessageId,
+    emoji: EmojiSegment,
+) -> Result<Reply, ApiError> {
+    change_reaction(ctx, user_id, chat_id, message_id, emoji, EventKind::ReactionAdded)
+}
+
+/// `DELETE /api/chats/{id}/messages/{message_id}/reactions/{emoji}`: removing
+/// a reaction that is not there (a deleted message has none) changes nothing.
+pub fn remove_reaction(
+    ctx: &mut Ctx,
+    user_id: UserId,
+    chat_id: ChatId,
+    message_id: MessageId,
+    emoji: EmojiSegment,
+) -> Result<Reply, ApiError> {
+    change_reaction(ctx, user_id, chat_id, message_id, emoji, EventKind::ReactionRemoved)
+}
+
+/// Adds or removes the caller's reaction under the message's row lock, and
+/// appends its event only when something changed. A change spends the
+/// sender's message budget, as a send does: each is an event every member gets.
+fn change_reaction(
+    ctx: &mut Ctx,
+    user_id: UserId,
+    chat_id: ChatId,
+    message_id: MessageId,
+    emoji: EmojiSegment,
+    kind: EventKind,
+) -> Result<Reply, ApiError> {
+    let emoji = emoji.map_err(|_| ApiError::invalid("emoji", reactions::EMOJI_RULE))?;
+    let emoji = emoji.as_str();
+    let limits = &ctx.app.limits;
+    let event = ctx.db.transaction(|tx| {
+        let message = lock_message_as_member(tx, user_id, chat_id, message_id)?;
+        let mut list = message.reactions;
+        let changed = match kind {
+            EventKind::ReactionAdded if message.deleted => {
+                return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() })
+            }
+            EventKind::ReactionAdded => reactions::add(&mut list, emoji, user_id).map_err(|reactions::TooMany| {
+                ApiError::Conflict { field: None, message: "a message carries at most 20 distinct emoji".into() }
+            })?,
+            _ => reactions::remove(&mut list, emoji, user_id),
+        };
+        if !changed {
+            return Ok(None);
+        }
+        if let Err(retry_after_secs) = limits.messages.take(&user_id) {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        let (seq, _) = take_seq_as_member(tx, user_id, chat_id)?;
+        store::update_reactions(tx, message_id, &list)?;
+        let payload = Payload::Reaction(ReactionChange { message_id, emoji: emoji.to_string(), user_id });
+        store::insert_event(tx, chat_id, seq, kind, user_id, payload).map(Some)
     })?;
     ctx.app.publish(event.as_slice());
     Ok(Reply::no_content())

@@ -115,6 +115,26 @@ pub struct Message {
     #[serde(with = "time::serde::rfc3339::option")]
     pub edited_at: Option<OffsetDateTime>,
     pub deleted: bool,
+    /// The seq of the message this one answers, in the same chat.
+    pub reply_to_seq: Option<i64>,
+    /// Each emoji by its first use, with who reacted, in order (`reactions.rs`).
+    pub reactions: Vec<Reaction>,
+}
+
+/// One emoji on a message and the users who reacted with it, in reaction
+/// order; also the shape a message's `reactions` column stores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub emoji: String,
+    pub user_ids: Vec<UserId>,
+}
+
+/// What `reaction.*` events carry: who added or removed which emoji where.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReactionChange {
+    pub message_id: MessageId,
+    pub emoji: String,
+    pub user_id: UserId,
 }
 
 impl Message {
@@ -134,10 +154,12 @@ pub enum EventKind {
     MessageCreated,
     MessageUpdated,
     MessageDeleted,
+    ReactionAdded,
+    ReactionRemoved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::ChatCreated,
         EventKind::ChatUpdated,
         EventKind::MemberAdded,
@@ -145,6 +167,8 @@ impl EventKind {
         EventKind::MessageCreated,
         EventKind::MessageUpdated,
         EventKind::MessageDeleted,
+        EventKind::ReactionAdded,
+        EventKind::ReactionRemoved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +180,8 @@ impl EventKind {
             EventKind::MessageCreated => "message.created",
             EventKind::MessageUpdated => "message.updated",
             EventKind::MessageDeleted => "message.deleted",
+            EventKind::ReactionAdded => "reaction.added",
+            EventKind::ReactionRemoved => "reaction.removed",
         }
     }
 
@@ -192,6 +218,7 @@ pub enum Payload {
     Message(Message),
     Member(Member),
     Chat(ChatInfo),
+    Reaction(ReactionChange),
 }
 
 impl Event {

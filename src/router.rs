@@ -8,6 +8,11 @@
 
 use crate::error::ApiError;
 use crate::model::{ChatId, MessageId, UserId};
+use crate::reactions::{BadEmoji, Emoji};
+
+/// A reaction route's emoji: checked here, refused with a `400` by the
+/// handler, after authentication, like any other bad input.
+pub type EmojiSegment = Result<Emoji, BadEmoji>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -32,6 +37,8 @@ pub enum Route {
     ListMessages(ChatId),
     EditMessage(ChatId, MessageId),
     DeleteMessage(ChatId, MessageId),
+    AddReaction(ChatId, MessageId, EmojiSegment),
+    RemoveReaction(ChatId, MessageId, EmojiSegment),
     MarkRead(ChatId),
     ListEvents(ChatId),
     LegacySignup,
@@ -45,8 +52,9 @@ pub enum Route {
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 29] {
+    pub fn all() -> [Route; 31] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
+        let emoji = Emoji::decode("%F0%9F%91%8D");
         [
             Route::Healthz,
             Route::Readyz,
@@ -69,6 +77,8 @@ impl Route {
             Route::ListMessages(chat),
             Route::EditMessage(chat, message),
             Route::DeleteMessage(chat, message),
+            Route::AddReaction(chat, message, emoji),
+            Route::RemoveReaction(chat, message, emoji),
             Route::MarkRead(chat),
             Route::ListEvents(chat),
             Route::LegacySignup,
@@ -105,6 +115,8 @@ impl Route {
             Route::ListMessages(_) => "GET /api/chats/{id}/messages",
             Route::EditMessage(..) => "PATCH /api/chats/{id}/messages/{message_id}",
             Route::DeleteMessage(..) => "DELETE /api/chats/{id}/messages/{message_id}",
+            Route::AddReaction(..) => "PUT /api/chats/{id}/messages/{message_id}/reactions/{emoji}",
+            Route::RemoveReaction(..) => "DELETE /api/chats/{id}/messages/{message_id}/reactions/{emoji}",
             Route::MarkRead(_) => "POST /api/chats/{id}/read",
             Route::ListEvents(_) => "GET /api/chats/{id}/events",
             Route::LegacySignup => "POST /user/signup",
@@ -160,6 +172,13 @@ fn chat_routes(chat: ChatId, rest: &[&str]) -> Result<Vec<(&'static str, Route)>
             let message = MessageId(id_from(message)?);
             vec![("PATCH", Route::EditMessage(chat, message)), ("DELETE", Route::DeleteMessage(chat, message))]
         }
+        ["messages", message, "reactions", emoji] => {
+            let (message, emoji) = (MessageId(id_from(message)?), Emoji::decode(emoji));
+            vec![
+                ("PUT", Route::AddReaction(chat, message, emoji)),
+                ("DELETE", Route::RemoveReaction(chat, message, emoji)),
+            ]
+        }
         ["read"] => vec![("POST", Route::MarkRead(chat))],
         ["events"] => vec![("GET", Route::ListEvents(chat))],
         _ => return Err(ApiError::NotFound),
@@ -192,6 +211,17 @@ mod tests {
             ("DELETE", "/api/chats/7/members/9", Route::RemoveMember(ChatId(7), UserId(9))),
             ("PATCH", "/api/chats/7/messages/3", Route::EditMessage(ChatId(7), MessageId(3))),
             ("GET", "/api/chats/7/events?after=3", Route::ListEvents(ChatId(7))),
+            (
+                "PUT",
+                "/api/chats/7/messages/3/reactions/%F0%9F%8E%89",
+                Route::AddReaction(ChatId(7), MessageId(3), Emoji::decode("🎉")),
+            ),
+            (
+                "DELETE",
+                "/api/chats/7/messages/3/reactions/a%20b",
+                Route::RemoveReaction(ChatId(7), MessageId(3), Err(BadEmoji)),
+            ),
+            ("PUT", "/api/chats/7/messages/3/reactions/", Route::AddReaction(ChatId(7), MessageId(3), Err(BadEmoji))),
             ("GET", "/chat/messages/5", Route::LegacyListMessages(ChatId(5))),
         ];
         for (method, url, expected) in table {
@@ -204,6 +234,7 @@ mod tests {
         for expected in Route::all() {
             let (method, pattern) = expected.name().split_once(' ').unwrap();
             let path = pattern.replace("{id}", "1").replace("{user_id}", "1").replace("{message_id}", "1");
+            let path = path.replace("{emoji}", "%F0%9F%91%8D");
             assert_eq!(route(method, &path).unwrap(), expected, "{}", expected.name());
         }
         let mut names: Vec<&str> = Route::all().iter().map(Route::name).collect();
@@ -222,6 +253,8 @@ mod tests {
             "/api/users/+1",
             "/api/chats/99999999999999999999",
             "/api/chats/1/nope",
+            "/api/chats/1/messages/x/reactions/a",
+            "/api/chats/1/messages/1/reactions/a/b",
             "/",
         ] {
             assert!(matches!(route("GET", url), Err(ApiError::NotFound)), "{url}");

@@ -338,6 +338,8 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::ListMessages(chat) => messages::list_messages(ctx, user_id, chat),
         Route::EditMessage(chat, message) => messages::edit_message(ctx, user_id, chat, message),
         Route::DeleteMessage(chat, message) => messages::delete_message(ctx, user_id, chat, message),
+        Route::AddReaction(chat, message, emoji) => messages::add_reaction(ctx, user_id, chat, message, emoji),
+        Route::RemoveReaction(chat, message, emoji) => messages::remove_reaction(ctx, user_id, chat, message, emoji),
         Route::MarkRead(chat) => messages::mark_read(ctx, user_id, chat),
         Route::ListEvents(chat) => events::list_events(ctx, user_id, chat),
         Route::LegacyLogout => legacy::logout(ctx, &session),

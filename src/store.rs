@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::private::BytesMut;
-use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use postgres::types::{to_sql_checked, FromSql, IsNull, Json, ToSql, Type};
 use postgres::{GenericClient, Row};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 use crate::db::Sql;
 use crate::error::ApiError;
 use crate::model::{
-    Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Session, SessionId,
-    User, UserId,
+    Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Reaction, Session,
+    SessionId, User, UserId,
 };
 
 /// The id newtypes go to and from PostgreSQL as the `bigint` they wrap, so
@@ -181,7 +181,7 @@ fn like_escape(text: &str) -> String {
 /// The columns of a `Message`, in `message_from`'s order.
 macro_rules! message_columns {
     () => {
-        "id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted"
+        "id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted, reply_to_seq, reactions"
     };
 }
 
@@ -196,6 +196,8 @@ fn message_from(row: &Row, first: usize) -> Message {
         created_at: row.get(first + 6),
         edited_at: row.get(first + 7),
         deleted: row.get(first + 8),
+        reply_to_seq: row.get(first + 9),
+        reactions: row.get::<_, Json<Vec<Reaction>>>(first + 10).0,
     }
 }
 
@@ -414,6 +416,7 @@ pub fn insert_events(
             Payload::Message(message) => (None, Some(message.id)),
             Payload::Member(member) => (Some(encode(member)?), None),
             Payload::Chat(info) => (Some(encode(info)?), None),
+            Payload::Reaction(change) => (Some(encode(change)?), None),
         };
         payloads.push(stored);
         message_ids.push(message_id);
@@ -478,6 +481,7 @@ fn event_from(row: &Row) -> Result<Event, ApiError> {
         }
         (EventKind::MemberAdded | EventKind::MemberRemoved, Some(json), _) => Payload::Member(decode(json)?),
         (EventKind::ChatCreated | EventKind::ChatUpdated, Some(json), _) => Payload::Chat(decode(json)?),
+        (EventKind::ReactionAdded | EventKind::ReactionRemoved, Some(json), _) => Payload::Reaction(decode(json)?),
         _ => return Err(ApiError::Internal(format!("event {stored} has no payload"))),
     };
     Ok(Event { chat_id: row.get(0), seq: row.get(1), kind, created_at: row.get(3), actor_id: row.get(4), payload })
@@ -493,7 +497,8 @@ fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T, ApiError> {
 
 /// Takes the next seq, stores the message and appends `message.created`, in
 /// one statement. `None` when the sender is not a member (nothing written);
-/// `409` when the sender already used this `client_id` in this chat.
+/// `400` when `reply_to_seq` is not the seq of a message of this chat (nothing
+/// written); `409` when the sender already used this `client_id` in this chat.
 ///
 /// The sender's member row is locked (`FOR KEY SHARE`) before the chat row:
 /// a removal that deleted it first makes the send find no member, and one
@@ -505,18 +510,23 @@ pub fn insert_message(
     sender_id: UserId,
     content: &str,
     client_id: Option<&str>,
+    reply_to_seq: Option<i64>,
 ) -> Result<Option<Message>, ApiError> {
-    let inserted = sql.query_opt(
+    // A message's seq never goes away (a deleted one stays as a tombstone), so
+    // a reply found valid here stays valid; the foreign key checks it again.
+    let inserted = sql.query_one(
         concat!(
             "WITH member AS (
                 SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2 FOR KEY SHARE
+            ), reply AS (
+                SELECT $5::bigint IS NULL OR EXISTS (SELECT 1 FROM messages WHERE chat_id = $1 AND seq = $5) AS valid
             ), next AS (
                 UPDATE chats SET last_seq = last_seq + 1, message_count = message_count + 1, last_activity_at = now()
-                WHERE id = $1 AND EXISTS (SELECT 1 FROM member)
+                WHERE id = $1 AND EXISTS (SELECT 1 FROM member) AND (SELECT valid FROM reply)
                 RETURNING id, last_seq, message_count
             ), message AS (
-                INSERT INTO messages (chat_id, seq, ordinal, sender_id, content, client_id)
-                SELECT id, last_seq, message_count, $2, $3, $4 FROM next
+                INSERT INTO messages (chat_id, seq, ordinal, sender_id, content, client_id, reply_to_seq)
+                SELECT id, last_seq, message_count, $2, $3, $4, $5 FROM next
                 RETURNING ",
             message_columns!(),
             "
@@ -524,14 +534,17 @@ pub fn insert_message(
                 INSERT INTO chat_events (chat_id, seq, type, actor_id, message_id, created_at)
                 SELECT chat_id, seq, 'message.created', sender_id, id, created_at FROM message
             )
-            SELECT ",
-            message_columns!(),
-            " FROM message"
+            SELECT EXISTS (SELECT 1 FROM member), (SELECT valid FROM reply), message.*
+            FROM (SELECT 1) AS one LEFT JOIN message ON true"
         ),
-        &[&chat_id, &sender_id, &content, &client_id],
+        &[&chat_id, &sender_id, &content, &client_id, &reply_to_seq],
     );
     match inserted {
-        Ok(row) => Ok(row.map(|row| message_from(&row, 0))),
+        Ok(row) if !row.get::<_, bool>(0) => Ok(None),
+        Ok(row) if !row.get::<_, bool>(1) => {
+            Err(ApiError::invalid("reply_to_seq", "reply_to_seq must be the seq of a message in this chat"))
+        }
+        Ok(row) => Ok(Some(message_from(&row, 2))),
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             Err(ApiError::conflict("client_id", "client_id was already used"))
         }
@@ -634,13 +647,26 @@ pub fn update_message_content(
     Ok(message_from(&row, 0))
 }
 
-/// Empties a message and marks it deleted; it keeps its place in history.
+/// Empties a message, drops its reactions and marks it deleted; it keeps its place in history.
 pub fn tombstone_message(sql: &mut Sql<impl GenericClient>, message_id: MessageId) -> Result<Message, ApiError> {
     let row = sql.query_one(
-        concat!("UPDATE messages SET content = '', deleted = true WHERE id = $1 RETURNING ", message_columns!()),
+        concat!(
+            "UPDATE messages SET content = '', deleted = true, reactions = '[]' WHERE id = $1 RETURNING ",
+            message_columns!()
+        ),
         &[&message_id],
     )?;
     Ok(message_from(&row, 0))
+}
+
+/// Stores a locked message's reactions, as `reactions.rs` changed them.
+pub fn update_reactions(
+    sql: &mut Sql<impl GenericClient>,
+    message_id: MessageId,
+    reactions: &[Reaction],
+) -> Result<(), ApiError> {
+    sql.execute("UPDATE messages SET reactions = $2 WHERE id = $1", &[&message_id, &Json(reactions)])?;
+    Ok(())
 }
 
 /// Moves the read marker forward, never past the chat's last seq; returns

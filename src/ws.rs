@@ -32,7 +32,7 @@ use crate::forwarded;
 use crate::http::{self, Body, Query};
 use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
 use crate::log::{self, Level};
-use crate::messages::{self, Sent};
+use crate::messages::{self, Draft, Sent};
 use crate::model::{ChatId, Session, UserId};
 use crate::ratelimit::{Held, TokenBucket};
 use crate::store;
@@ -511,12 +511,9 @@ fn answer(
             app.jobs.clone().run(move |db| messages::mark_read_up_to(&app, db, user_id, chat_id, seq))?;
             Ok(None)
         }
-        Command::Send { chat_id, content, client_id } => {
+        Command::Send { chat_id, draft } => {
             let app = app.clone();
-            let sent = app
-                .jobs
-                .clone()
-                .run(move |db| messages::send(&app, db, user_id, chat_id, &content, client_id.as_deref()))?;
+            let sent = app.jobs.clone().run(move |db| messages::send(&app, db, user_id, chat_id, &draft))?;
             let (Sent::New(message) | Sent::Retried(message)) = sent;
             Ok(Some(json!({ "type": "ack", "client_id": message.client_id, "message": message })))
         }
@@ -532,7 +529,7 @@ pub enum Command {
     Ping,
     Typing { chat_id: ChatId },
     Read { chat_id: ChatId, seq: i64 },
-    Send { chat_id: ChatId, content: String, client_id: Option<String> },
+    Send { chat_id: ChatId, draft: Draft },
 }
 
 /// Reads a frame's `type` and the fields that type needs, in the order their
@@ -550,9 +547,7 @@ pub fn parse_command(body: &Body) -> Result<Command, ApiError> {
         }
         "send" => {
             let chat_id = ChatId(body.i64("chat_id")?);
-            let content = messages::parse_content(body.str("content")?)?.to_string();
-            let client_id = messages::parse_client_id(body.opt_str("client_id")?)?.map(String::from);
-            Ok(Command::Send { chat_id, content, client_id })
+            Ok(Command::Send { chat_id, draft: Draft::parse(body)? })
         }
         _ => Err(ApiError::invalid("type", "type must be send, typing, read or ping")),
     }
@@ -576,9 +571,9 @@ fn answer_seed(
     frame: &[u8],
 ) -> Option<serde_json::Value> {
     let stored = http::parse_body(frame).and_then(|body| {
-        let content = messages::parse_content(body.str("content")?)?.to_string();
+        let draft = Draft::text(body.str("content")?)?;
         let app = app.clone();
-        app.jobs.clone().run(move |db| messages::send(&app, db, user_id, chat_id, &content, None))
+        app.jobs.clone().run(move |db| messages::send(&app, db, user_id, chat_id, &draft))
     });
     stored.err().map(|error| {
         log_failure(app, "WebSocket frame failed", conn, &error);

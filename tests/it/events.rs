@@ -19,6 +19,7 @@ fn payload_key(kind: &str) -> &'static str {
         "message.created" | "message.updated" | "message.deleted" => "message",
         "member.added" | "member.removed" => "member",
         "chat.created" | "chat.updated" => "chat",
+        "reaction.added" | "reaction.removed" => "reaction",
         other => panic!("unknown event type {other:?}"),
     }
 }
@@ -40,6 +41,12 @@ pub fn assert_event_shape(event: &Value, chat_id: i64) {
         "chat" => {
             assert_keys(&event["chat"], &["id", "is_group", "title"], kind);
             assert_eq!(event["chat"]["id"], json!(chat_id), "{event}");
+        }
+        "reaction" => {
+            assert_keys(&event["reaction"], &["message_id", "emoji", "user_id"], kind);
+            assert!(event["reaction"]["message_id"].as_i64().is_some_and(|n| n > 0), "message_id: {event}");
+            assert!(event["reaction"]["emoji"].is_string(), "emoji: {event}");
+            assert_eq!(event["reaction"]["user_id"], event["actor_id"], "the reacting user acts: {event}");
         }
         _ => {
             assert!(event["member"]["id"].as_i64().is_some_and(|n| n > 0), "member id: {event}");

@@ -18,6 +18,10 @@ mod chats;
 mod messages;
 // Contract section 5: the per-chat event log, its paging, and its order under concurrent writers.
 mod events;
+// Contract section 9's replies: `reply_to_seq` on REST and WebSocket sends, checked by the send.
+mod replies;
+// Contract section 9's reactions: the routes, their rules and limits, their events, and races between processes.
+mod reactions;
 // Contract section 8's chat routes: `/chat/message`, `/chat/user`, `/chat/messages/{id}`.
 mod legacy;
 // Contract section 6 and the `ws` row of section 8: WebSocket auth, frames, fan-out across processes, lag and logout.

@@ -16,8 +16,19 @@ use crate::support::{
 };
 
 /// Every key of a Message, and nothing else.
-pub const MESSAGE_KEYS: &[&str] =
-    &["id", "chat_id", "seq", "sender_id", "content", "client_id", "created_at", "edited_at", "deleted"];
+pub const MESSAGE_KEYS: &[&str] = &[
+    "id",
+    "chat_id",
+    "seq",
+    "sender_id",
+    "content",
+    "client_id",
+    "created_at",
+    "edited_at",
+    "deleted",
+    "reply_to_seq",
+    "reactions",
+];
 
 /// `POST /api/chats/{id}/messages` with any body.
 pub fn post_message(app: &TestApp, user: &TestUser, chat_id: i64, body: Value) -> Resp {
@@ -98,6 +109,20 @@ pub fn assert_message_shape(message: &Value, what: &str) {
         assert_utc_timestamp(&message["edited_at"], &format!("{what}: edited_at"));
     }
     assert!(message["deleted"].is_boolean(), "{what}: deleted: {message}");
+    assert!(
+        message["reply_to_seq"].is_null() || message["reply_to_seq"].as_i64().is_some_and(|n| n > 0),
+        "{what}: reply_to_seq: {message}"
+    );
+    let reactions = message["reactions"].as_array().unwrap_or_else(|| panic!("{what}: reactions: {message}"));
+    for reaction in reactions {
+        assert_keys(reaction, &["emoji", "user_ids"], &format!("{what}: a reaction"));
+        assert!(reaction["emoji"].is_string(), "{what}: emoji: {message}");
+        let users = reaction["user_ids"].as_array().unwrap_or_else(|| panic!("{what}: user_ids: {message}"));
+        assert!(!users.is_empty() && users.iter().all(|u| u.as_i64().is_some_and(|n| n > 0)), "{what}: {message}");
+    }
+    if message["deleted"] == json!(true) {
+        assert_eq!(message["reactions"], json!([]), "{what}: a deleted message keeps no reactions: {message}");
+    }
 }
 
 /// A group of `owner` and `members`, returning its id.
