@@ -620,16 +620,19 @@ pub fn list_messages_as_member(
     Ok(Some(messages.map(|row| message_from(row, 1)).collect()))
 }
 
-/// A chat's message, locked for an edit or delete. Such a transaction locks
-/// the message before the chat row (`take_seq`) and nothing locks them the
-/// other way round, so the two cannot deadlock.
+/// A chat's message, locked for an edit, a delete or a reaction. Such a
+/// transaction locks the message before the chat row (`take_seq`). A send
+/// that replies to the message takes them the other way round (the chat row,
+/// then the reply's foreign key check shares the message row), so the lock
+/// is `FOR NO KEY UPDATE`, which that share does not wait for: the two cannot
+/// deadlock. None of these changes touches a key column.
 pub fn lock_message(
     sql: &mut Sql<impl GenericClient>,
     chat_id: ChatId,
     message_id: MessageId,
 ) -> Result<Option<Message>, ApiError> {
     let row = sql.query_opt(
-        concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $2 AND chat_id = $1 FOR UPDATE"),
+        concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $2 AND chat_id = $1 FOR NO KEY UPDATE"),
         &[&chat_id, &message_id],
     )?;
     Ok(row.map(|row| message_from(&row, 0)))

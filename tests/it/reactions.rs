@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::chats::{create_group, get_chat, id_of};
 use crate::events::{all_events, events_page};
-use crate::messages::{history, send};
+use crate::messages::{history, post_message, send};
 use crate::realtime::{connect_ready, is_event, SOON};
 use crate::support::{check_error, spawn_app, spawn_app_on, spawn_app_with, Resp, TestApp, TestUser};
 
@@ -277,7 +277,7 @@ fn the_log_stays_gapless_while_reactions_from_two_processes_race_sends() {
     let users: Vec<TestUser> = (0..4).map(|_| a.create_user()).collect();
     let members: Vec<&TestUser> = users[1..].iter().collect();
     let chat_id = id_of(&create_group(&a, &users[0], "busy", &members));
-    let targets: Vec<i64> = (0..3).map(|n| id_of(&send(&a, &users[0], chat_id, &format!("target {n}")))).collect();
+    let targets: Vec<Value> = (0..3).map(|n| send(&a, &users[0], chat_id, &format!("target {n}"))).collect();
     let done = AtomicBool::new(false);
 
     let seen = thread::scope(|s| {
@@ -303,10 +303,14 @@ fn the_log_stays_gapless_while_reactions_from_two_processes_race_sends() {
                 let (app, targets) = (if w % 2 == 0 { &a } else { &b }, &targets);
                 s.spawn(move || {
                     for i in 0..30 {
+                        let target = &targets[i % targets.len()];
                         if w % 2 == 0 {
-                            send(app, user, chat_id, &format!("w{w}-{i}"));
+                            // A reply to the message being reacted to: its foreign key check
+                            // shares the message row the reactions lock.
+                            let body = json!({ "content": format!("w{w}-{i}"), "reply_to_seq": target["seq"] });
+                            post_message(app, user, chat_id, body).assert_status(201, "a racing reply");
                         }
-                        let (message_id, emoji) = (targets[i % targets.len()], ["x", "y", "z"][(i / 3 + w) % 3]);
+                        let (message_id, emoji) = (id_of(target), ["x", "y", "z"][(i / 3 + w) % 3]);
                         let resp = match (i + w) % 2 {
                             0 => put(app, user, chat_id, message_id, emoji),
                             _ => delete(app, user, chat_id, message_id, emoji),
@@ -316,11 +320,12 @@ fn the_log_stays_gapless_while_reactions_from_two_processes_race_sends() {
                 })
             })
             .collect();
-        for writer in writers {
-            writer.join().expect("a writer failed");
-        }
+        // The reader stops once every writer has, failed or not; then a failure is reported.
+        let failed = writers.into_iter().map(|writer| writer.join()).filter(Result::is_err).count();
         done.store(true, Ordering::SeqCst);
-        reader.join().expect("the reader failed")
+        let seen = reader.join().expect("the reader failed");
+        assert_eq!(failed, 0, "writers failed (their panics are above)");
+        seen
     });
 
     let log = all_events(&a, &users[0], chat_id);
@@ -344,7 +349,7 @@ fn the_log_stays_gapless_while_reactions_from_two_processes_race_sends() {
             (_, None) => panic!("a removal of a reaction nobody added: {event}"),
         }
     }
-    for message_id in targets {
+    for message_id in targets.iter().map(id_of) {
         let stored = reactions_of(&message_now(&a, &users[0], chat_id, message_id));
         assert_eq!(replayed.remove(&message_id).unwrap_or_default(), stored, "message {message_id}");
     }
