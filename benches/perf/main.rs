@@ -1,4 +1,4 @@
-//! `make bench`: the performance issue's scenarios P1 to P10, each measured against its baseline in the same
+//! `make bench`: the performance issue's scenarios P1 to P10, and P11 (history with reactions), each measured against its baseline in the same
 //! run, in interleaved rounds, printed as one table and written to BENCHMARKS.md.
 //!
 //! Why it is built this way:
@@ -13,7 +13,7 @@
 //!   comes with what limited it.
 //!
 //! The scenarios live one concern per file: footprint.rs (P6, P8), health.rs (P3), send.rs (P1, P7),
-//! history.rs (P2), fanout.rs (P4, P5, P10), unread.rs (P9). Guards stop every server and the cluster on every
+//! history.rs (P2, P11), fanout.rs (P4, P5, P10), unread.rs (P9). Guards stop every server and the cluster on every
 //! way out, a failure included.
 
 mod cluster;
@@ -69,7 +69,7 @@ const GROUPS: [Group; 7] = [
     (&["P8"], footprint::startup),
     (&["P3"], health::run),
     (&["P1", "P7"], send::run),
-    (&["P2"], history::run),
+    (&["P2", "P11"], history::run),
     (&["P4", "P5", "P10"], fanout::run),
     (&["P9"], unread::run),
     (&["P6"], footprint::idle_connections),

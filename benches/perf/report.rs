@@ -191,7 +191,7 @@ pub fn markdown(repo: &Path, run: &RunInfo, sections: &[Section], previous: Opti
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
     md.push_str(
-        "The performance issue's scenarios P1 to P10, each against a baseline measured in the same run.\n\
+        "The performance issue's scenarios P1 to P10, and P11 from the reactions issue, each against a baseline measured in the same run.\n\
          `make bench` runs them and rewrites this file (a run of only some scenarios, `make bench BENCH=P1,P3`, prints its table and leaves this file alone); \
          the code is `benches/perf/`, one file per concern, with the load generators' scripts in `benches/wrk/` and `benches/pgbench/`.\n\
          Timings on a shared 2-core machine drift by tens of percent within minutes, so each scenario and its baseline run in interleaved rounds (ours, baseline, ours, baseline, …) and a ratio is the median of the rounds' own ratios, with their range in brackets.\n\
