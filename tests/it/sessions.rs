@@ -8,13 +8,15 @@
 //! each has its own session cache, listener and process id, as two
 //! processes would.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::realtime::{connect_ready, PROMPTLY};
 use crate::support::ws::WsClient;
 use crate::support::{
-    assert_keys, assert_utc_timestamp, check_error, check_limited, spawn_app, spawn_app_on, spawn_app_with, Resp,
-    TestApp, TestUser,
+    assert_keys, assert_utc_timestamp, check_error, check_limited, spawn_app, spawn_app_on, spawn_app_with, wait_for,
+    Resp, TestApp, TestUser,
 };
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
@@ -76,6 +78,20 @@ fn assert_live(apps: &[&TestApp], token: &str, what: &str) {
             app.get("/api/users/me", Some(token)).assert_status(200, &format!("{what}, on server {idx}"));
         }
     }
+}
+
+/// Waits until each of `apps` serves sessions from its cache, which it does
+/// only once its listener has finished a round: until then a test's ends
+/// would not have to reach any cache. The probe: a session verified on every
+/// server, then deleted behind their backs, still works on every one.
+fn wait_for_session_caches(apps: &[&TestApp], user: &TestUser) {
+    wait_for("every server to cache verified sessions", Duration::from_secs(10), || {
+        let probe = apps[0].login_token(&user.username, &user.password);
+        let probe_id = session_id(apps[0], &probe);
+        assert_live(apps, &probe, "a probe session");
+        apps[0].db().execute("DELETE FROM sessions WHERE id = $1", &[&probe_id]).expect("delete the probe");
+        apps.iter().all(|app| app.get("/api/users/me", Some(&probe)).status == 200).then_some(())
+    });
 }
 
 /// Asserts a Close frame with 4001, as a logout sends it.
@@ -212,6 +228,8 @@ fn ending_the_current_session_by_id_logs_it_out() {
     let alice = app.create_user();
     let other = app.login_token(&alice.username, &alice.password);
     let id = session_id(&app, &alice.token);
+    wait_for_session_caches(&[&app], &alice);
+    assert_live(&[&app], &alice.token, "the session to end");
 
     let resp = app.delete(&format!("/api/sessions/{id}"), Some(&alice.token));
 
@@ -228,6 +246,7 @@ fn ending_ones_other_session_refuses_its_token_at_once_and_closes_its_sockets_wi
     let alice = a.create_user();
     let doomed = with_token(&alice, a.login_token(&alice.username, &alice.password));
     let doomed_id = session_id(&a, &doomed.token);
+    wait_for_session_caches(&[&a, &b], &alice);
     assert_live(&[&a, &b], &doomed.token, "the session to end");
     assert_live(&[&a, &b], &alice.token, "the session that ends it");
     let (mut doomed_on_a, _) = connect_ready(&a, &doomed, "the ended session's socket on A");
@@ -258,6 +277,7 @@ fn changing_the_password_ends_every_other_session_on_both_processes_and_keeps_th
     let on_a = with_token(&alice, a.login_token(&alice.username, &alice.password));
     let on_b = with_token(&alice, b.login_token(&alice.email, &alice.password));
     let bob = a.create_user();
+    wait_for_session_caches(&[&a, &b], &alice);
     for user in [&alice, &on_a, &on_b, &bob] {
         assert_live(&[&a, &b], &user.token, "before the change");
     }
