@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// How long a failure counts.
 pub const WINDOW: Duration = Duration::from_secs(300);
-/// Failures of one login from one address that lock that pair.
+/// Failures of one account (or unknown login) from one address that lock that pair.
 pub const PAIR_LIMIT: usize = 10;
 /// Failures from one address, for any logins, that lock the address.
 pub const ADDRESS_LIMIT: usize = 100;
