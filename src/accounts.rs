@@ -1,8 +1,11 @@
 //! Handlers for accounts and sessions: sign up, log in, who am I, log out,
-//! find users (contract section 2).
+//! find users (contract section 2), list and end sessions, change the
+//! password (section 9).
 //!
 //! A wrong password and an unknown login take the same time and give the
-//! same body: an unknown login still pays for one password hash.
+//! same body: an unknown login still pays for one password hash. Every
+//! password check, at login or at a password change, goes through the same
+//! failure limits, counted per account (`ratelimit::Login`).
 
 use serde_json::json;
 use time::OffsetDateTime;
@@ -11,7 +14,8 @@ use crate::app::Ctx;
 use crate::auth;
 use crate::error::ApiError;
 use crate::http::{Body, Reply};
-use crate::model::{rfc3339, Me, Session, UserId};
+use crate::model::{rfc3339, Me, Session, SessionId, UserId};
+use crate::ratelimit::{Login, MAX_LOGIN_BYTES};
 use crate::store;
 
 /// A valid sign-up, checked field by field.
@@ -38,15 +42,18 @@ impl<'a> NewUser<'a> {
                 "email must be at most 254 characters with one @ and text on both sides",
             ));
         }
-        if !(8..=1024).contains(&password.len()) {
-            return Err(ApiError::invalid("password", "password must be 8 to 1024 bytes"));
-        }
+        check_password_length("password", password)?;
         Ok(NewUser { username, email, password })
     }
 }
 
-/// The longest login that can name an account: an email of 254 characters, in UTF-8.
-const MAX_LOGIN_BYTES: usize = 254 * 4;
+/// A new password's rule (contract section 2): 8 to 1024 bytes; else `400` naming `field`.
+fn check_password_length(field: &'static str, password: &str) -> Result<(), ApiError> {
+    if !(8..=1024).contains(&password.len()) {
+        return Err(ApiError::invalid(field, format!("{field} must be 8 to 1024 bytes")));
+    }
+    Ok(())
+}
 
 /// A new session's token, expiry and user.
 pub struct LoggedIn {
@@ -85,23 +92,32 @@ pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 /// Checks a login (username or email) and password, under the failure limits.
 pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
+    let found =
+        if login.len() <= MAX_LOGIN_BYTES { store::find_user_by_login(&mut ctx.db.sql()?, login)? } else { None };
+    let counted_as = Login::named(found.as_ref().map(|(user, _)| user.id.0), login);
+    check_password(ctx, counted_as, password, found.as_ref().map(|(_, password_hash)| password_hash.as_str()))?;
+    let Some((user, _)) = found else { return Err(ApiError::InvalidCredentials) };
+    let (token, token_hash) = auth::new_token();
+    let ttl = ctx.app.config.token_ttl;
+    let expires_at = store::insert_session(&mut ctx.db.sql()?, &token_hash, user.id, ttl)?;
+    ctx.user_id = Some(user.id);
+    Ok(LoggedIn { token, expires_at, user })
+}
+
+/// Checks `password` against `stored` (`None`: no account) under the failure
+/// limits: `429` while they apply to `login` from the client's address, and a
+/// failure counted against both when it is wrong (`401 invalid_credentials`).
+/// Without an account it still pays for one hash, so both cases take as long,
+/// except for a login too long to name an account, which fails at once.
+fn check_password(ctx: &Ctx, login: Login, password: &str, stored: Option<&str>) -> Result<(), ApiError> {
     let address = ctx.client_address();
     let limiter = &ctx.app.limits.logins;
-    if login.len() > MAX_LOGIN_BYTES {
-        // No account has such a login: it fails at once, counted against the
-        // address only, which keeps the limiter's keys small.
-        if let Err(retry_after_secs) = limiter.check(None, &address) {
-            return Err(ApiError::RateLimited { retry_after_secs });
-        }
-        limiter.record_failure(None, &address);
-        return Err(ApiError::InvalidCredentials);
-    }
-    if let Err(retry_after_secs) = limiter.check(Some(login), &address) {
+    if let Err(retry_after_secs) = limiter.check(login, &address) {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
-    let found = store::find_user_by_login(&mut ctx.db.sql()?, login)?;
-    let verified = match &found {
-        Some((_, password_hash)) => auth::verify_password(password, password_hash),
+    let verified = match stored {
+        Some(password_hash) => auth::verify_password(password, password_hash),
+        None if login == Login::Unnamed => false,
         None => {
             let iterations = ctx.app.config.password_iterations;
             let decoy = ctx.app.decoy_password_hash.get_or_init(|| auth::hash_password("decoy password", iterations));
@@ -109,15 +125,11 @@ pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, Ap
             false
         }
     };
-    let Some((user, _)) = found.filter(|_| verified) else {
-        ctx.app.limits.logins.record_failure(Some(login), &address);
+    if !verified {
+        limiter.record_failure(login, &address);
         return Err(ApiError::InvalidCredentials);
-    };
-    let (token, token_hash) = auth::new_token();
-    let ttl = ctx.app.config.token_ttl;
-    let expires_at = store::insert_session(&mut ctx.db.sql()?, &token_hash, user.id, ttl)?;
-    ctx.user_id = Some(user.id);
-    Ok(LoggedIn { token, expires_at, user })
+    }
+    Ok(())
 }
 
 /// `GET /api/users/me`
@@ -134,6 +146,45 @@ pub fn delete_current_session(ctx: &mut Ctx, session: &Session) -> Result<Reply,
 /// `DELETE /api/sessions`
 pub fn delete_all_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
     ctx.app.end_sessions(ctx.db, |tx| store::delete_user_sessions(tx, session.user.id))?;
+    Ok(Reply::no_content())
+}
+
+/// `GET /api/sessions`: the caller's live sessions, newest first.
+pub fn list_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
+    let sessions = store::list_user_sessions(&mut ctx.db.sql()?, session.user.id, session.id)?;
+    Ok(Reply::json(200, &json!({ "sessions": sessions })))
+}
+
+/// `DELETE /api/sessions/{id}`: one of the caller's live sessions, else `404`
+/// (someone else's, ended, expired or unknown answer alike).
+pub fn delete_session(ctx: &mut Ctx, session: &Session, session_id: SessionId) -> Result<Reply, ApiError> {
+    ctx.app.end_sessions(ctx.db, |tx| {
+        let ended = store::delete_user_session(tx, session.user.id, session_id)?;
+        ended.map(|id| vec![id]).ok_or(ApiError::NotFound)
+    })?;
+    Ok(Reply::no_content())
+}
+
+/// `PUT /api/users/me/password`: the current password, checked under the
+/// login failure limits, then the new one stored and every other session
+/// ended in one transaction.
+pub fn change_password(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
+    let body = ctx.body()?;
+    let current_password = body.str("current_password")?;
+    let new_password = body.str("new_password")?;
+    check_password_length("new_password", new_password)?;
+    let user_id = session.user.id;
+    let stored = store::find_password_hash(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::Unauthorized)?;
+    check_password(ctx, Login::Account(user_id.0), current_password, Some(&stored))?;
+    let new_hash = auth::hash_password(new_password, ctx.app.config.password_iterations);
+    ctx.app.end_sessions(ctx.db, |tx| {
+        // Unchanged since it was checked, or a concurrent change won: then
+        // the current password given is no longer the current one.
+        if !store::replace_password_hash(tx, user_id, &stored, &new_hash)? {
+            return Err(ApiError::InvalidCredentials);
+        }
+        store::delete_other_sessions(tx, user_id, session.id)
+    })?;
     Ok(Reply::no_content())
 }
 
@@ -158,4 +209,21 @@ pub fn search_users(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 pub fn get_user(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let user = store::find_user(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::NotFound)?;
     Ok(Reply::json(200, &user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_password_is_8_to_1024_bytes_else_400_naming_its_field() {
+        let (longest, too_long) = ("x".repeat(1024), "x".repeat(1025));
+        for password in ["12345678", "éééé", &longest] {
+            assert!(check_password_length("new_password", password).is_ok(), "{} bytes", password.len());
+        }
+        for password in ["", "1234567", "ééé", &too_long] {
+            let error = check_password_length("new_password", password).expect_err("outside 8 to 1024 bytes");
+            assert_eq!((error.status(), error.field()), (400, Some("new_password")), "{} bytes", password.len());
+        }
+    }
 }

@@ -112,7 +112,7 @@ impl App {
 /// The process's rate limits, each off when `RATE_LIMITS=off`; the rules
 /// are in `ratelimit.rs`, the handlers and the WebSocket threads consult them.
 pub struct Limits {
-    /// Failed logins per (login, client address) and per client address.
+    /// Failed password checks per (account or login, client address) and per client address.
     pub logins: LoginLimiter,
     /// One budget per user for every way of sending a message.
     pub messages: Buckets<UserId>,

@@ -33,7 +33,8 @@ ids! {
     ChatId,
     /// A message's id.
     MessageId,
-    /// A session's id (never shown to clients; tickets and logouts name it).
+    /// A session's id: `GET /api/sessions` shows the caller's, and
+    /// `DELETE /api/sessions/{id}`, tickets and logouts name them.
     SessionId,
 }
 
@@ -61,6 +62,18 @@ pub struct Session {
     pub id: SessionId,
     pub user: Me,
     pub expires_at: OffsetDateTime,
+}
+
+/// One of the caller's sessions, as `GET /api/sessions` lists it.
+#[derive(Debug, Serialize)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Whether this is the session making the request.
+    pub current: bool,
 }
 
 /// A chat as its member sees it.

@@ -5,9 +5,11 @@
 //! Failed logins follow OWASP's advice that an attacker elsewhere must not
 //! be able to lock a user out: failures count per (login, client address)
 //! pair, 10 in `WINDOW`, and per client address, 100 in `WINDOW`, never per
-//! login alone. Past either, attempts get `429` until the oldest failure
-//! that counts ages out, so the right password from an address under both
-//! limits always gets through.
+//! login alone. A login that names an account counts as that account, so
+//! its username, its email and a wrong current password at a password change
+//! share one count (`Login`). Past either limit, attempts get `429` until
+//! the oldest failure that counts ages out, so the right password from an
+//! address under both limits always gets through.
 //!
 //! Everything lives in this process's memory, so with several processes the
 //! limits are per process; every map is bounded. The rules are pure (time is
@@ -21,13 +23,41 @@ use std::time::{Duration, Instant};
 
 /// How long a failure counts.
 pub const WINDOW: Duration = Duration::from_secs(300);
-/// Failures of one login from one address that lock that pair.
+/// Failures of one account (or unknown login) from one address that lock that pair.
 pub const PAIR_LIMIT: usize = 10;
 /// Failures from one address, for any logins, that lock the address.
 pub const ADDRESS_LIMIT: usize = 100;
 const MAX_PAIRS: usize = 100_000;
 /// Fewer addresses than pairs: each may hold 100 times.
 const MAX_ADDRESSES: usize = 10_000;
+
+/// The longest login that can name an account: an email of 254 characters, in UTF-8.
+pub const MAX_LOGIN_BYTES: usize = 254 * 4;
+
+/// Whose failures an attempt counts with, besides its client address's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login<'a> {
+    /// An account (its id), however it was named or however the password
+    /// was wrong: by username, by email in any case, or at a password change.
+    Account(i64),
+    /// Text that names no account, compared without regard to case.
+    Unknown(&'a str),
+    /// Text too long to name any account: it counts against the address only,
+    /// which keeps the keys small.
+    Unnamed,
+}
+
+impl<'a> Login<'a> {
+    /// What an attempt at `text` counts as: the account it names when there
+    /// is one (`account`), else the text, unless no account could have it.
+    pub fn named(account: Option<i64>, text: &'a str) -> Login<'a> {
+        match account {
+            Some(id) => Login::Account(id),
+            None if text.len() > MAX_LOGIN_BYTES => Login::Unnamed,
+            None => Login::Unknown(text),
+        }
+    }
+}
 
 /// The failure limits, shared by every worker.
 pub struct LoginLimiter {
@@ -41,9 +71,8 @@ impl LoginLimiter {
     }
 
     /// `Err(seconds to wait)` when `address`, or `login` from `address`, is
-    /// over its limit. `login` is `None` for a login that names no account
-    /// (too long to be one), which counts against the address only.
-    pub fn check(&self, login: Option<&str>, address: &str) -> Result<(), u64> {
+    /// over its limit.
+    pub fn check(&self, login: Login, address: &str) -> Result<(), u64> {
         if !self.enabled {
             return Ok(());
         }
@@ -55,7 +84,7 @@ impl LoginLimiter {
     }
 
     /// Records one failed attempt.
-    pub fn record_failure(&self, login: Option<&str>, address: &str) {
+    pub fn record_failure(&self, login: Login, address: &str) {
         if self.enabled {
             let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
             failures.record(login, address, Instant::now());
@@ -78,22 +107,27 @@ impl LoginFailures {
     }
 
     /// How long until an attempt may go through, or `None` when it may now.
-    fn wait(&mut self, login: Option<&str>, address: &str, now: Instant) -> Option<Duration> {
-        let pair = login.and_then(|login| self.pairs.wait(&pair_key(login, address), now));
+    fn wait(&mut self, login: Login, address: &str, now: Instant) -> Option<Duration> {
+        let pair = pair_key(login, address).and_then(|key| self.pairs.wait(&key, now));
         pair.max(self.addresses.wait(address, now))
     }
 
-    fn record(&mut self, login: Option<&str>, address: &str, now: Instant) {
-        if let Some(login) = login {
-            self.pairs.record(pair_key(login, address), now);
+    fn record(&mut self, login: Login, address: &str, now: Instant) {
+        if let Some(key) = pair_key(login, address) {
+            self.pairs.record(key, now);
         }
         self.addresses.record(address.to_string(), now);
     }
 }
 
-/// A login, compared without regard to case, from an address (which holds no space).
-fn pair_key(login: &str, address: &str) -> String {
-    format!("{address} {}", login.to_lowercase())
+/// An account or a login's text from an address (which holds no space); the
+/// mark after the space keeps an account apart from any text.
+fn pair_key(login: Login, address: &str) -> Option<String> {
+    match login {
+        Login::Account(id) => Some(format!("{address} #{id}")),
+        Login::Unknown(text) => Some(format!("{address} ={}", text.to_lowercase())),
+        Login::Unnamed => None,
+    }
 }
 
 /// The failures within `WINDOW` of each key, at most `limit` kept per key.
@@ -308,7 +342,7 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    fn fail(failures: &mut LoginFailures, n: usize, login: Option<&str>, address: &str, now: Instant) {
+    fn fail(failures: &mut LoginFailures, n: usize, login: Login, address: &str, now: Instant) {
         for _ in 0..n {
             failures.record(login, address, now);
         }
@@ -318,15 +352,23 @@ mod tests {
     fn ten_failures_lock_the_login_at_that_address_only() {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
-        fail(&mut failures, 9, Some("alice"), "1.1.1.1", now);
-        assert_eq!(failures.wait(Some("alice"), "1.1.1.1", now), None, "nine failures still let a try through");
+        fail(&mut failures, 9, Login::Unknown("alice"), "1.1.1.1", now);
+        assert_eq!(
+            failures.wait(Login::Unknown("alice"), "1.1.1.1", now),
+            None,
+            "nine failures still let a try through"
+        );
 
-        failures.record(Some("Alice"), "1.1.1.1", now);
+        failures.record(Login::Unknown("Alice"), "1.1.1.1", now);
 
-        let wait = failures.wait(Some("ALICE"), "1.1.1.1", now + SECOND);
+        let wait = failures.wait(Login::Unknown("ALICE"), "1.1.1.1", now + SECOND);
         assert_eq!(wait, Some(WINDOW - SECOND), "the login is compared without regard to case");
-        assert_eq!(failures.wait(Some("alice"), "2.2.2.2", now), None, "another address is not locked out");
-        assert_eq!(failures.wait(Some("bob"), "1.1.1.1", now), None, "another login from that address is not");
+        assert_eq!(failures.wait(Login::Unknown("alice"), "2.2.2.2", now), None, "another address is not locked out");
+        assert_eq!(
+            failures.wait(Login::Unknown("bob"), "1.1.1.1", now),
+            None,
+            "another login from that address is not"
+        );
     }
 
     #[test]
@@ -334,15 +376,19 @@ mod tests {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
         for idx in 0..99 {
-            failures.record(Some(&format!("user{idx}")), "1.1.1.1", now);
+            failures.record(Login::Unknown(&format!("user{idx}")), "1.1.1.1", now);
         }
-        assert_eq!(failures.wait(Some("victim"), "1.1.1.1", now), None, "99 failures leave the address open");
+        assert_eq!(failures.wait(Login::Unknown("victim"), "1.1.1.1", now), None, "99 failures leave the address open");
 
-        failures.record(None, "1.1.1.1", now);
+        failures.record(Login::Unnamed, "1.1.1.1", now);
 
-        assert!(failures.wait(Some("victim"), "1.1.1.1", now).is_some(), "the 100th locks the address");
-        assert!(failures.wait(None, "1.1.1.1", now).is_some(), "for logins that name no account too");
-        assert_eq!(failures.wait(Some("victim"), "2.2.2.2", now), None, "the victim elsewhere is not locked out");
+        assert!(failures.wait(Login::Unknown("victim"), "1.1.1.1", now).is_some(), "the 100th locks the address");
+        assert!(failures.wait(Login::Unnamed, "1.1.1.1", now).is_some(), "for logins that name no account too");
+        assert_eq!(
+            failures.wait(Login::Unknown("victim"), "2.2.2.2", now),
+            None,
+            "the victim elsewhere is not locked out"
+        );
     }
 
     #[test]
@@ -350,21 +396,62 @@ mod tests {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
         for idx in 0..1000 {
-            fail(&mut failures, 10, Some("victim"), &format!("10.0.{}.{}", idx / 256, idx % 256), now);
+            fail(&mut failures, 10, Login::Unknown("victim"), &format!("10.0.{}.{}", idx / 256, idx % 256), now);
         }
-        assert_eq!(failures.wait(Some("victim"), "192.0.2.1", now), None);
+        assert_eq!(failures.wait(Login::Unknown("victim"), "192.0.2.1", now), None);
+    }
+
+    #[test]
+    fn a_login_counts_as_the_account_it_names_else_as_its_text() {
+        assert_eq!(Login::named(Some(7), "alice"), Login::Account(7), "by username");
+        assert_eq!(Login::named(Some(7), "ALICE@Example.com"), Login::Account(7), "by email, in any case");
+        assert_eq!(Login::named(None, "nobody"), Login::Unknown("nobody"));
+        let longest = "x".repeat(MAX_LOGIN_BYTES);
+        assert_eq!(Login::named(None, &longest), Login::Unknown(&longest), "as long as an account's login can be");
+        let too_long = "x".repeat(MAX_LOGIN_BYTES + 1);
+        assert_eq!(Login::named(None, &too_long), Login::Unnamed, "longer than any account's login");
+    }
+
+    #[test]
+    fn an_accounts_failures_count_together_from_one_address_only() {
+        let mut failures = LoginFailures::new();
+        let now = Instant::now();
+        // By username, by email, and by a wrong current password: one account.
+        fail(&mut failures, 4, Login::named(Some(7), "alice"), "1.1.1.1", now);
+        fail(&mut failures, 3, Login::named(Some(7), "Alice@example.com"), "1.1.1.1", now);
+        fail(&mut failures, 2, Login::Account(7), "1.1.1.1", now);
+        assert_eq!(failures.wait(Login::Account(7), "1.1.1.1", now), None, "nine failures still let a try through");
+
+        failures.record(Login::Account(7), "1.1.1.1", now);
+
+        assert_eq!(failures.wait(Login::Account(7), "1.1.1.1", now), Some(WINDOW), "the tenth locks the account there");
+        assert_eq!(failures.wait(Login::Account(7), "2.2.2.2", now), None, "another address is not locked out");
+        assert_eq!(failures.wait(Login::Account(8), "1.1.1.1", now), None, "another account from that address is not");
+    }
+
+    #[test]
+    fn an_account_and_a_text_never_share_a_count() {
+        let mut failures = LoginFailures::new();
+        let now = Instant::now();
+        fail(&mut failures, 10, Login::Account(7), "1.1.1.1", now);
+        fail(&mut failures, 10, Login::Unknown("#8"), "1.1.1.1", now);
+
+        for text in ["7", "#7", "=7"] {
+            assert_eq!(failures.wait(Login::Unknown(text), "1.1.1.1", now), None, "{text:?} is not account 7");
+        }
+        assert_eq!(failures.wait(Login::Account(8), "1.1.1.1", now), None, "account 8 is not the text \"#8\"");
     }
 
     #[test]
     fn failures_age_out_after_the_window_oldest_first() {
         let mut failures = LoginFailures::new();
         let start = Instant::now();
-        fail(&mut failures, 5, Some("alice"), "1.1.1.1", start);
-        fail(&mut failures, 5, Some("alice"), "1.1.1.1", start + 60 * SECOND);
-        assert_eq!(failures.wait(Some("alice"), "1.1.1.1", start + 60 * SECOND), Some(WINDOW - 60 * SECOND));
-        assert_eq!(failures.wait(Some("alice"), "1.1.1.1", start + WINDOW), None, "the first five aged out");
-        fail(&mut failures, 5, Some("alice"), "1.1.1.1", start + WINDOW);
-        let wait = failures.wait(Some("alice"), "1.1.1.1", start + WINDOW + SECOND);
+        fail(&mut failures, 5, Login::Unknown("alice"), "1.1.1.1", start);
+        fail(&mut failures, 5, Login::Unknown("alice"), "1.1.1.1", start + 60 * SECOND);
+        assert_eq!(failures.wait(Login::Unknown("alice"), "1.1.1.1", start + 60 * SECOND), Some(WINDOW - 60 * SECOND));
+        assert_eq!(failures.wait(Login::Unknown("alice"), "1.1.1.1", start + WINDOW), None, "the first five aged out");
+        fail(&mut failures, 5, Login::Unknown("alice"), "1.1.1.1", start + WINDOW);
+        let wait = failures.wait(Login::Unknown("alice"), "1.1.1.1", start + WINDOW + SECOND);
         assert_eq!(wait, Some(60 * SECOND - SECOND), "until the oldest that counts is 5 minutes old");
     }
 
@@ -453,8 +540,8 @@ mod tests {
     fn a_disabled_limiter_never_limits() {
         let limiter = LoginLimiter::new(false);
         for _ in 0..200 {
-            limiter.record_failure(Some("k"), "a");
+            limiter.record_failure(Login::Unknown("k"), "a");
         }
-        assert_eq!(limiter.check(Some("k"), "a"), Ok(()));
+        assert_eq!(limiter.check(Login::Unknown("k"), "a"), Ok(()));
     }
 }

@@ -7,7 +7,7 @@
 //! resource that does not exist.
 
 use crate::error::ApiError;
-use crate::model::{ChatId, MessageId, UserId};
+use crate::model::{ChatId, MessageId, SessionId, UserId};
 use crate::reactions::{BadEmoji, Emoji};
 
 /// A reaction route's emoji: checked here, refused with a `400` by the
@@ -23,9 +23,12 @@ pub enum Route {
     SearchUsers,
     GetMe,
     GetUser(UserId),
+    ChangePassword,
     CreateSession,
+    ListSessions,
     DeleteCurrentSession,
     DeleteAllSessions,
+    DeleteSession(SessionId),
     CreateWsTicket,
     CreateChat,
     ListChats,
@@ -52,7 +55,7 @@ pub enum Route {
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 31] {
+    pub fn all() -> [Route; 34] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         let emoji = Emoji::decode("%F0%9F%91%8D");
         [
@@ -63,9 +66,12 @@ impl Route {
             Route::SearchUsers,
             Route::GetMe,
             Route::GetUser(user),
+            Route::ChangePassword,
             Route::CreateSession,
+            Route::ListSessions,
             Route::DeleteCurrentSession,
             Route::DeleteAllSessions,
+            Route::DeleteSession(SessionId(1)),
             Route::CreateWsTicket,
             Route::CreateChat,
             Route::ListChats,
@@ -101,9 +107,12 @@ impl Route {
             Route::SearchUsers => "GET /api/users",
             Route::GetMe => "GET /api/users/me",
             Route::GetUser(_) => "GET /api/users/{id}",
+            Route::ChangePassword => "PUT /api/users/me/password",
             Route::CreateSession => "POST /api/sessions",
+            Route::ListSessions => "GET /api/sessions",
             Route::DeleteCurrentSession => "DELETE /api/sessions/current",
             Route::DeleteAllSessions => "DELETE /api/sessions",
+            Route::DeleteSession(_) => "DELETE /api/sessions/{id}",
             Route::CreateWsTicket => "POST /api/ws-tickets",
             Route::CreateChat => "POST /api/chats",
             Route::ListChats => "GET /api/chats",
@@ -140,8 +149,12 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
         ["api", "users"] => vec![("GET", Route::SearchUsers), ("POST", Route::CreateUser)],
         ["api", "users", "me"] => vec![("GET", Route::GetMe)],
         ["api", "users", id] => vec![("GET", Route::GetUser(UserId(id_from(id)?)))],
-        ["api", "sessions"] => vec![("POST", Route::CreateSession), ("DELETE", Route::DeleteAllSessions)],
+        ["api", "users", "me", "password"] => vec![("PUT", Route::ChangePassword)],
+        ["api", "sessions"] => {
+            vec![("GET", Route::ListSessions), ("POST", Route::CreateSession), ("DELETE", Route::DeleteAllSessions)]
+        }
         ["api", "sessions", "current"] => vec![("DELETE", Route::DeleteCurrentSession)],
+        ["api", "sessions", id] => vec![("DELETE", Route::DeleteSession(SessionId(id_from(id)?)))],
         ["api", "ws-tickets"] => vec![("POST", Route::CreateWsTicket)],
         ["api", "chats"] => vec![("GET", Route::ListChats), ("POST", Route::CreateChat)],
         ["api", "chats", id, rest @ ..] => chat_routes(ChatId(id_from(id)?), rest)?,
@@ -208,6 +221,10 @@ mod tests {
             ("GET", "/api/users/me", Route::GetMe),
             ("GET", "/api/users/42", Route::GetUser(UserId(42))),
             ("DELETE", "/api/sessions", Route::DeleteAllSessions),
+            ("GET", "/api/sessions", Route::ListSessions),
+            ("DELETE", "/api/sessions/current", Route::DeleteCurrentSession),
+            ("DELETE", "/api/sessions/12", Route::DeleteSession(SessionId(12))),
+            ("PUT", "/api/users/me/password", Route::ChangePassword),
             ("DELETE", "/api/chats/7/members/9", Route::RemoveMember(ChatId(7), UserId(9))),
             ("PATCH", "/api/chats/7/messages/3", Route::EditMessage(ChatId(7), MessageId(3))),
             ("GET", "/api/chats/7/events?after=3", Route::ListEvents(ChatId(7))),
@@ -259,6 +276,12 @@ mod tests {
         ] {
             assert!(matches!(route("GET", url), Err(ApiError::NotFound)), "{url}");
         }
+        for url in ["/api/sessions/0", "/api/sessions/-3", "/api/sessions/abc", "/api/sessions/1.5", "/api/sessions/"] {
+            assert!(matches!(route("DELETE", url), Err(ApiError::NotFound)), "DELETE {url}");
+        }
+        for url in ["/api/users/7/password", "/api/users/me/password/x"] {
+            assert!(matches!(route("PUT", url), Err(ApiError::NotFound)), "PUT {url}");
+        }
     }
 
     #[test]
@@ -270,6 +293,18 @@ mod tests {
         match route("PUT", "/api/chats/1/messages/2") {
             Err(ApiError::MethodNotAllowed { allow }) => assert_eq!(allow, "PATCH, DELETE"),
             other => panic!("{other:?}"),
+        }
+        let table = [
+            ("PUT", "/api/sessions", "GET, POST, DELETE"),
+            ("GET", "/api/sessions/current", "DELETE"),
+            ("GET", "/api/sessions/5", "DELETE"),
+            ("POST", "/api/users/me/password", "PUT"),
+        ];
+        for (method, url, expected) in table {
+            match route(method, url) {
+                Err(ApiError::MethodNotAllowed { allow }) => assert_eq!(allow, expected, "{method} {url}"),
+                other => panic!("{method} {url}: {other:?}"),
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::db::Sql;
 use crate::error::ApiError;
 use crate::model::{
     Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Reaction, Session,
-    SessionId, User, UserId,
+    SessionId, SessionInfo, User, UserId,
 };
 
 /// The id newtypes go to and from PostgreSQL as the `bigint` they wrap, so
@@ -134,6 +134,65 @@ pub fn delete_session(sql: &mut Sql<impl GenericClient>, session_id: SessionId) 
 pub fn delete_user_sessions(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Vec<SessionId>, ApiError> {
     let rows = sql.query("DELETE FROM sessions WHERE user_id = $1 RETURNING id", &[&user_id])?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// A user's live sessions, newest first; `current` marks the one given.
+pub fn list_user_sessions(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: UserId,
+    current: SessionId,
+) -> Result<Vec<SessionInfo>, ApiError> {
+    let rows = sql.query(
+        "SELECT id, created_at, expires_at, id = $2 FROM sessions
+         WHERE user_id = $1 AND expires_at > now() ORDER BY created_at DESC, id DESC",
+        &[&user_id, &current],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| SessionInfo { id: row.get(0), created_at: row.get(1), expires_at: row.get(2), current: row.get(3) })
+        .collect())
+}
+
+/// Deletes one session if it is a live one of this user; returns its id then.
+pub fn delete_user_session(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: UserId,
+    session_id: SessionId,
+) -> Result<Option<SessionId>, ApiError> {
+    let row = sql.query_opt(
+        "DELETE FROM sessions WHERE id = $1 AND user_id = $2 AND expires_at > now() RETURNING id",
+        &[&session_id, &user_id],
+    )?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Deletes every session of a user but `keep`; returns their ids.
+pub fn delete_other_sessions(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: UserId,
+    keep: SessionId,
+) -> Result<Vec<SessionId>, ApiError> {
+    let rows = sql.query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id", &[&user_id, &keep])?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// A user's stored password hash.
+pub fn find_password_hash(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Option<String>, ApiError> {
+    let row = sql.query_opt("SELECT password_hash FROM users WHERE id = $1", &[&user_id])?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Replaces a user's password hash if it is still `old`; `false` when it was
+/// changed meanwhile.
+pub fn replace_password_hash(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: UserId,
+    old: &str,
+    new: &str,
+) -> Result<bool, ApiError> {
+    let updated = sql
+        .execute("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2", &[&user_id, &old, &new])?;
+    Ok(updated == 1)
 }
 
 /// Whether `users.id` has a WebSocket open on a live process.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::support::{
-    assert_keys, assert_utc_timestamp, check_error, fresh_database, request, spawn_app, spawn_app_on,
+    assert_keys, assert_utc_timestamp, check_error, check_limited, fresh_database, request, spawn_app, spawn_app_on,
     spawn_app_on_listeners, spawn_app_with, wait_for, Resp, TestApp,
 };
 
@@ -550,17 +550,7 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 
 /// `POST /api/sessions` through a proxy that says the client is `client`.
 fn login_via(app: &TestApp, client: &str, login: &str, password: &str) -> Resp {
-    let body = serde_json::to_vec(&json!({ "login": login, "password": password })).unwrap();
-    let headers = [("Content-Type", "application/json"), ("X-Forwarded-For", client)];
-    request(app.http_addr, "POST", "/api/sessions", &headers, &body)
-}
-
-/// Asserts a `429 rate_limited` whose `Retry-After` is within the 5-minute window.
-fn check_limited(resp: &Resp, what: &str) {
-    assert_eq!(resp.status, 429, "{what}:\n{}", resp.describe());
-    check_error(resp, 429, "rate_limited", None);
-    let retry_after: u64 = resp.header("Retry-After").unwrap().trim().parse().unwrap();
-    assert!((1..=300).contains(&retry_after), "{what}: Retry-After {retry_after} is outside 1..=300 s");
+    app.send_via(client, "POST", "/api/sessions", None, Some(json!({ "login": login, "password": password })))
 }
 
 #[test]

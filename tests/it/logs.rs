@@ -429,7 +429,7 @@ fn responses_carry_the_request_id_of_their_log_line() {
         ("a 200", "/healthz", 200),
         ("a 404", "/api/nope", 404),
         ("a 401 without a token", "/api/users/me", 401),
-        ("a 405", "/api/sessions", 405),
+        ("a 405", "/api/sessions/current", 405),
     ];
     let mut generated = Vec::new();
 

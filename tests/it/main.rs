@@ -9,6 +9,9 @@ mod support;
 // Contract section 2 (users, sessions, search, tokens, login rate limits)
 // and the account rows of section 8 (`/user/signup`, `/user/login`, `/user/logout`).
 mod accounts;
+// Contract section 9's sessions and passwords: listing and ending sessions, changing the password,
+// both across two processes, and failed password checks counted per user with failed logins.
+mod sessions;
 // Contract sections 1 and 7: healthz, readyz, 404/405, the `/ws` 426 on the
 // HTTP port, and the transport limits (Content-Type, body size, JSON).
 mod ops;

@@ -134,8 +134,9 @@ fn a_known_path_with_the_wrong_method_is_405_with_an_allow_header() {
     check_error(&resp, 405, "method_not_allowed", None);
     allows(&resp, "GET");
 
-    let resp = app.get("/api/sessions", Some(&user.token));
+    let resp = app.put("/api/sessions", Some(&user.token), json!({}));
     check_error(&resp, 405, "method_not_allowed", None);
+    allows(&resp, "GET");
     allows(&resp, "POST");
     allows(&resp, "DELETE");
 }

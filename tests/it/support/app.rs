@@ -112,9 +112,26 @@ impl TestApp {
         request(self.http_addr, method, path, headers, body)
     }
 
+    /// `send`, through a proxy that says the client is `client`
+    /// (`X-Forwarded-For`): the server must list 127.0.0.1 in `TRUSTED_PROXIES`.
+    pub fn send_via(&self, client: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        self.send_with(method, path, token, body, &[("X-Forwarded-For", client)])
+    }
+
     fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        self.send_with(method, path, token, body, &[])
+    }
+
+    fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let authorization = token.map(|token| format!("Bearer {token}"));
-        let mut headers: Vec<(&str, &str)> = Vec::new();
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
         if let Some(authorization) = &authorization {
             headers.push(("Authorization", authorization));
         }

@@ -350,6 +350,15 @@ pub fn check_error(resp: &Resp, status: u16, code: &str, field: Option<&str>) {
     }
 }
 
+/// Asserts a `429 rate_limited` whose `Retry-After` is within the login
+/// limits' 5-minute window.
+pub fn check_limited(resp: &Resp, what: &str) {
+    assert_eq!(resp.status, 429, "{what}:\n{}", resp.describe());
+    check_error(resp, 429, "rate_limited", None);
+    let retry_after: u64 = resp.header("Retry-After").unwrap_or("").trim().parse().unwrap_or(0);
+    assert!((1..=300).contains(&retry_after), "{what}: Retry-After {retry_after} is outside 1..=300 s");
+}
+
 /// Asserts that `value` is an object with exactly the keys `keys`.
 pub fn assert_keys(value: &Value, keys: &[&str], what: &str) {
     let Some(object) = value.as_object() else { panic!("{what}: expected an object with keys {keys:?}, got {value}") };

@@ -17,8 +17,8 @@ pub mod ws;
 pub use app::{spawn_app, spawn_app_on, spawn_app_on_listeners, spawn_app_with, TestApp};
 #[allow(unused_imports)]
 pub use client::{
-    assert_keys, assert_utc_timestamp, check_error, connect_from, random_hex, request, request_from, try_request, Resp,
-    TestUser,
+    assert_keys, assert_utc_timestamp, check_error, check_limited, connect_from, random_hex, request, request_from,
+    try_request, Resp, TestUser,
 };
 #[allow(unused_imports)]
 pub use pg::{fresh_database, PrivateCluster};
