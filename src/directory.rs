@@ -511,7 +511,7 @@ mod tests {
             edited_at: None,
             deleted: false,
             reply_to_seq: None,
-            reactions: Vec::new(),
+            reactions: serde_json::value::RawValue::from_string("[]".into()).unwrap(),
         };
         event(chat, seq, EventKind::MessageCreated, Payload::Message(message))
     }

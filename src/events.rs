@@ -5,12 +5,10 @@
 //! seqs run 1, 2, 3, … without gaps and in commit order. Read markers, typing
 //! and presence are live only and never stored here.
 
-use serde_json::json;
-
 use crate::app::Ctx;
 use crate::error::ApiError;
 use crate::http::Reply;
-use crate::model::{ChatId, UserId};
+use crate::model::{ChatId, EventPage, UserId};
 use crate::store;
 
 /// `GET /api/chats/{id}/events?after=<seq>&limit=<n>`
@@ -23,5 +21,5 @@ pub fn list_events(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<Re
     let mut events = store::list_events(sql, chat_id, after, limit + 1)?;
     let has_more = events.len() as i64 > limit;
     events.truncate(limit as usize);
-    Ok(Reply::json(200, &json!({ "events": events, "has_more": has_more })))
+    Ok(Reply::json(200, &EventPage { events: &events, has_more }))
 }

@@ -27,7 +27,7 @@ use crate::directory::{Action, Directory, Reader};
 use crate::error::ApiError;
 use crate::jobs::Jobs;
 use crate::log::{Field, Log};
-use crate::model::{ChatId, Event, EventKind, Live, Payload, SessionId, UserId};
+use crate::model::{ChatId, Event, EventFrame, EventKind, Live, Payload, SessionId, UserId};
 use crate::notify::Notifier;
 use crate::store;
 use crate::watch::Watch;
@@ -608,7 +608,8 @@ struct Encoded {
 
 impl Encoded {
     fn new(event: &Event) -> Encoded {
-        let current = text_frame(&json!({ "type": "event", "event": event }).to_string());
+        let encoded = serde_json::to_string(&EventFrame { kind: "event", event }).expect("events serialize");
+        let current = text_frame(&encoded);
         let seed = match &event.payload {
             Payload::Message(message) if event.kind == EventKind::MessageCreated => {
                 let frame = json!({ "content": message.content, "chat_id": message.chat_id });

@@ -8,13 +8,12 @@
 //! retries race (the loser's statement rolls back whole, seq included).
 
 use postgres::GenericClient;
-use serde_json::json;
 
 use crate::app::{App, Ctx};
 use crate::db::{Db, Sql};
 use crate::error::ApiError;
 use crate::http::{Body, Reply};
-use crate::model::{ChatId, EventKind, Live, Message, MessageId, Payload, ReactionChange, UserId};
+use crate::model::{ChatId, EventKind, Live, Message, MessageId, MessagePage, Payload, ReactionChange, UserId};
 use crate::reactions;
 use crate::router::EmojiSegment;
 use crate::store;
@@ -129,7 +128,7 @@ pub fn list_messages(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId) -> Result<
     if after.is_none() {
         messages.reverse();
     }
-    Ok(Reply::json(200, &json!({ "messages": messages, "has_more": has_more })))
+    Ok(Reply::json(200, &MessagePage { messages: &messages, has_more }))
 }
 
 /// `PATCH /api/chats/{id}/messages/{message_id}`: the sender only; a deleted message is `409`.
@@ -219,7 +218,7 @@ fn change_reaction(
     let limits = &ctx.app.limits;
     let event = ctx.db.transaction(|tx| {
         let message = lock_message_as_member(tx, user_id, chat_id, message_id)?;
-        let mut list = message.reactions;
+        let mut list = message.reaction_list().map_err(|e| ApiError::Internal(format!("stored reactions: {e}")))?;
         let changed = match kind {
             EventKind::ReactionAdded if message.deleted => {
                 return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() })

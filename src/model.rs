@@ -9,6 +9,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 macro_rules! ids {
@@ -131,8 +132,14 @@ pub struct Message {
     /// The seq of the message this one answers, in the same chat.
     pub reply_to_seq: Option<i64>,
     /// Each emoji by its first use, with who reacted, in order (`reactions.rs`).
-    pub reactions: Vec<Reaction>,
+    pub reactions: Reactions,
 }
+
+/// A message's reactions as stored, the JSON of a `[Reaction]`, carried
+/// through unparsed: reading history copies them into the reply instead of
+/// building and encoding a list per message (BENCHMARKS.md, P11). Only a
+/// change parses them (`Message::reaction_list`).
+pub type Reactions = Box<RawValue>;
 
 /// One emoji on a message and the users who reacted with it, in reaction
 /// order; also the shape a message's `reactions` column stores.
@@ -151,6 +158,11 @@ pub struct ReactionChange {
 }
 
 impl Message {
+    /// The message's reactions, parsed for a change.
+    pub fn reaction_list(&self) -> Result<Vec<Reaction>, serde_json::Error> {
+        serde_json::from_str(self.reactions.get())
+    }
+
     /// The `message.*` event this message's current state makes.
     pub fn event(&self, kind: EventKind, actor_id: UserId, seq: i64, created_at: OffsetDateTime) -> Event {
         Event { chat_id: self.chat_id, seq, kind, created_at, actor_id, payload: Payload::Message(self.clone()) }
@@ -251,6 +263,29 @@ impl Event {
             _ => None,
         }
     }
+}
+
+/// A page of history or of search results, `{messages, has_more}`, encoded
+/// straight from the messages (no `serde_json::Value` tree in between).
+#[derive(Serialize)]
+pub struct MessagePage<'a> {
+    pub messages: &'a [Message],
+    pub has_more: bool,
+}
+
+/// A page of a chat's log, `{events, has_more}`.
+#[derive(Serialize)]
+pub struct EventPage<'a> {
+    pub events: &'a [Event],
+    pub has_more: bool,
+}
+
+/// The frame that carries an event to a WebSocket, `{"type": "event", "event"}`.
+#[derive(Serialize)]
+pub struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub event: &'a Event,
 }
 
 /// Typing and read frames: live only, never stored.

@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 use crate::db::Sql;
 use crate::error::ApiError;
 use crate::model::{
-    Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Reaction, Session,
-    SessionId, SessionInfo, User, UserId,
+    Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Reaction, Reactions,
+    Session, SessionId, SessionInfo, User, UserId,
 };
 
 /// The id newtypes go to and from PostgreSQL as the `bigint` they wrap, so
@@ -256,7 +256,7 @@ fn message_from(row: &Row, first: usize) -> Message {
         edited_at: row.get(first + 7),
         deleted: row.get(first + 8),
         reply_to_seq: row.get(first + 9),
-        reactions: row.get::<_, Json<Vec<Reaction>>>(first + 10).0,
+        reactions: row.get::<_, Json<Reactions>>(first + 10).0,
     }
 }
 
