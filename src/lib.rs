@@ -15,6 +15,7 @@ mod error;
 mod ratelimit;
 mod forwarded;
 mod confirm;
+mod words;
 pub mod config;
 mod db;
 mod router;
@@ -36,6 +37,7 @@ mod app;
 mod accounts;
 mod chats;
 mod messages;
+mod search;
 mod events;
 mod ops;
 mod legacy;
@@ -52,7 +54,7 @@ mod tests {
     /// layers below its own, so no two modules import each other, however
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 12] = [
-        &["model", "log", "ratelimit", "forwarded", "confirm"],
+        &["model", "log", "ratelimit", "forwarded", "confirm", "words"],
         &["error", "watch", "sequencer", "session_cache", "reactions"],
         &["db", "router", "http", "directory"],
         &["store", "migrate"],
@@ -60,7 +62,7 @@ mod tests {
         &["hub"],
         &["listen", "presence"],
         &["app"],
-        &["accounts", "chats", "messages", "events", "ops"],
+        &["accounts", "chats", "messages", "search", "events", "ops"],
         &["legacy", "ws"],
         &["server"],
         &["fuzzing"],

@@ -44,6 +44,7 @@ pub enum Route {
     RemoveReaction(ChatId, MessageId, EmojiSegment),
     MarkRead(ChatId),
     ListEvents(ChatId),
+    SearchMessages,
     LegacySignup,
     LegacyLogin,
     LegacyLogout,
@@ -55,7 +56,7 @@ pub enum Route {
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 34] {
+    pub fn all() -> [Route; 35] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         let emoji = Emoji::decode("%F0%9F%91%8D");
         [
@@ -87,6 +88,7 @@ impl Route {
             Route::RemoveReaction(chat, message, emoji),
             Route::MarkRead(chat),
             Route::ListEvents(chat),
+            Route::SearchMessages,
             Route::LegacySignup,
             Route::LegacyLogin,
             Route::LegacyLogout,
@@ -128,6 +130,7 @@ impl Route {
             Route::RemoveReaction(..) => "DELETE /api/chats/{id}/messages/{message_id}/reactions/{emoji}",
             Route::MarkRead(_) => "POST /api/chats/{id}/read",
             Route::ListEvents(_) => "GET /api/chats/{id}/events",
+            Route::SearchMessages => "GET /api/search",
             Route::LegacySignup => "POST /user/signup",
             Route::LegacyLogin => "POST /user/login",
             Route::LegacyLogout => "POST /user/logout",
@@ -158,6 +161,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
         ["api", "ws-tickets"] => vec![("POST", Route::CreateWsTicket)],
         ["api", "chats"] => vec![("GET", Route::ListChats), ("POST", Route::CreateChat)],
         ["api", "chats", id, rest @ ..] => chat_routes(ChatId(id_from(id)?), rest)?,
+        ["api", "search"] => vec![("GET", Route::SearchMessages)],
         ["user", "signup"] => vec![("POST", Route::LegacySignup)],
         ["user", "login"] => vec![("POST", Route::LegacyLogin)],
         ["user", "logout"] => vec![("POST", Route::LegacyLogout)],
@@ -239,6 +243,7 @@ mod tests {
                 Route::RemoveReaction(ChatId(7), MessageId(3), Err(BadEmoji)),
             ),
             ("PUT", "/api/chats/7/messages/3/reactions/", Route::AddReaction(ChatId(7), MessageId(3), Err(BadEmoji))),
+            ("GET", "/api/search?q=lunch&chat_id=7", Route::SearchMessages),
             ("GET", "/chat/messages/5", Route::LegacyListMessages(ChatId(5))),
         ];
         for (method, url, expected) in table {

@@ -36,6 +36,7 @@ use crate::notify::Notifier;
 use crate::ops;
 use crate::presence::{self, Presence};
 use crate::router::{self, Route};
+use crate::search;
 use crate::session_cache::SessionCache;
 use crate::watch::{panic_message, Stop, Watch};
 use crate::ws;
@@ -345,6 +346,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::RemoveReaction(chat, message, emoji) => messages::remove_reaction(ctx, user_id, chat, message, emoji),
         Route::MarkRead(chat) => messages::mark_read(ctx, user_id, chat),
         Route::ListEvents(chat) => events::list_events(ctx, user_id, chat),
+        Route::SearchMessages => search::search_messages(ctx, user_id),
         Route::LegacyLogout => legacy::logout(ctx, &session),
         Route::LegacyCreateChat => legacy::create_chat(ctx, user_id),
         Route::LegacyListMessages(chat) => legacy::list_messages(ctx, user_id, chat),

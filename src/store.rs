@@ -20,6 +20,7 @@ use crate::model::{
     Chat, ChatId, ChatInfo, Event, EventKind, Me, Member, Message, MessageId, NewChat, Payload, Reaction, Reactions,
     Session, SessionId, SessionInfo, User, UserId,
 };
+use crate::words;
 
 /// The id newtypes go to and from PostgreSQL as the `bigint` they wrap, so
 /// every statement below takes and returns them typed.
@@ -584,8 +585,8 @@ pub fn insert_message(
                 WHERE id = $1 AND EXISTS (SELECT 1 FROM member) AND (SELECT valid FROM reply)
                 RETURNING id, last_seq, message_count
             ), message AS (
-                INSERT INTO messages (chat_id, seq, ordinal, sender_id, content, client_id, reply_to_seq)
-                SELECT id, last_seq, message_count, $2, $3, $4, $5 FROM next
+                INSERT INTO messages (chat_id, seq, ordinal, sender_id, content, client_id, reply_to_seq, words)
+                SELECT id, last_seq, message_count, $2, $3, $4, $5, array_to_tsvector($6::text[]) FROM next
                 RETURNING ",
             message_columns!(),
             "
@@ -596,7 +597,7 @@ pub fn insert_message(
             SELECT EXISTS (SELECT 1 FROM member), (SELECT valid FROM reply), message.*
             FROM (SELECT 1) AS one LEFT JOIN message ON true"
         ),
-        &[&chat_id, &sender_id, &content, &client_id, &reply_to_seq],
+        &[&chat_id, &sender_id, &content, &client_id, &reply_to_seq, &words::index(content)],
     );
     match inserted {
         Ok(row) if !row.get::<_, bool>(0) => Ok(None),
@@ -697,14 +698,19 @@ pub fn lock_message(
     Ok(row.map(|row| message_from(&row, 0)))
 }
 
+/// Replaces a message's content, and its words for search.
 pub fn update_message_content(
     sql: &mut Sql<impl GenericClient>,
     message_id: MessageId,
     content: &str,
 ) -> Result<Message, ApiError> {
     let row = sql.query_one(
-        concat!("UPDATE messages SET content = $2, edited_at = now() WHERE id = $1 RETURNING ", message_columns!()),
-        &[&message_id, &content],
+        concat!(
+            "UPDATE messages SET content = $2, edited_at = now(), words = array_to_tsvector($3::text[])
+             WHERE id = $1 RETURNING ",
+            message_columns!()
+        ),
+        &[&message_id, &content, &words::index(content)],
     )?;
     Ok(message_from(&row, 0))
 }
@@ -713,7 +719,7 @@ pub fn update_message_content(
 pub fn tombstone_message(sql: &mut Sql<impl GenericClient>, message_id: MessageId) -> Result<Message, ApiError> {
     let row = sql.query_one(
         concat!(
-            "UPDATE messages SET content = '', deleted = true, reactions = '[]' WHERE id = $1 RETURNING ",
+            "UPDATE messages SET content = '', deleted = true, reactions = '[]', words = '' WHERE id = $1 RETURNING ",
             message_columns!()
         ),
         &[&message_id],
@@ -746,6 +752,72 @@ pub fn move_read_marker(
         &[&chat_id, &user_id, &seq],
     )?;
     Ok(row.map(|row| row.get(0)))
+}
+
+// Message search (contract section 9; BENCHMARKS.md, "Search plans"). A search is one or two
+// statements: the newest messages first, then, when they hold too few matches, the word index.
+// One statement cannot do both: its plan is chosen by the word's frequency, and after five runs a
+// prepared statement may keep a generic plan that is slow for either frequent or rare words.
+
+/// What a search matches, after `WHERE`: `$1` the caller, `$2` the one chat to search or `NULL`,
+/// `$3` the `tsquery` text of `words::tsquery`. The caller's chats are read in the statement, so a
+/// chat the caller has left is never searched.
+macro_rules! search_condition {
+    () => {
+        "words @@ $3::text::tsquery AND NOT deleted
+         AND chat_id = ANY (ARRAY(SELECT chat_id FROM chat_members WHERE user_id = $1 AND ($2::bigint IS NULL OR chat_id = $2)))"
+    };
+}
+
+/// `search_recent_messages`'s statement; benches/search/plans.sql prepares the same text.
+pub const SEARCH_RECENT_MESSAGES: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM (SELECT * FROM messages WHERE id < $4 ORDER BY id DESC LIMIT 10000) AS recent WHERE ",
+    search_condition!(),
+    " ORDER BY id DESC LIMIT $5"
+);
+
+/// The matches among the 10,000 newest messages with `id < before` (in every chat), newest
+/// first, at most `limit`. It walks the primary key back from `before`, whatever the words, so it
+/// costs at most 10,000 rows, and far fewer when matches are common; finding fewer than `limit`
+/// proves nothing about older messages (`search_messages` then answers).
+pub fn search_recent_messages(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: UserId,
+    only: Option<ChatId>,
+    tsquery: &str,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Message>, ApiError> {
+    let rows = sql.query(SEARCH_RECENT_MESSAGES, &[&user_id, &only, &tsquery, &before, &limit])?;
+    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
+}
+
+/// `search_messages`'s statement; benches/search/plans.sql prepares the same text.
+pub const SEARCH_MESSAGES: &str = concat!(
+    "WITH found AS MATERIALIZED (SELECT ",
+    message_columns!(),
+    " FROM messages WHERE id < $4 AND ",
+    search_condition!(),
+    ") SELECT * FROM found ORDER BY id DESC LIMIT $5"
+);
+
+/// The newest `limit` matches with `id < before`, through the word index (`messages_words_idx`)
+/// intersected with the caller's chats' messages (`messages_chat_seq_key`). Every match is read
+/// before the newest are picked: the `MATERIALIZED` fence keeps the planner from walking the
+/// primary key instead, which a frequent word would tempt it to and which reads every message
+/// when matches are sparse.
+pub fn search_messages(
+    sql: &mut Sql<impl GenericClient>,
+    user_id: UserId,
+    only: Option<ChatId>,
+    tsquery: &str,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Message>, ApiError> {
+    let rows = sql.query(SEARCH_MESSAGES, &[&user_id, &only, &tsquery, &before, &limit])?;
+    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
 }
 
 // Real-time bookkeeping: tickets, processes, presence.

@@ -25,6 +25,9 @@ mod events;
 mod replies;
 // Contract section 9's reactions: the routes, their rules and limits, their events, and races between processes.
 mod reactions;
+// Contract section 9's search: the word rule in any script, membership now, deleted and edited
+// messages, paging, the limits on every parameter, and the migration's back-fill.
+mod search;
 // Contract section 8's chat routes: `/chat/message`, `/chat/user`, `/chat/messages/{id}`.
 mod legacy;
 // Contract section 6 and the `ws` row of section 8: WebSocket auth, frames, fan-out across processes, lag and logout.
