@@ -7,9 +7,11 @@ ALTER TABLE messages ADD CONSTRAINT messages_reply_to_fkey FOREIGN KEY (chat_id,
 -- A message's reactions live with it, as the list the API shows ([{emoji, user_ids}], by first
 -- use), so every read of a message has them without a join; the server changes them only under
 -- the message's row lock (src/reactions.rs has the rules). A deleted message keeps none.
-ALTER TABLE messages ADD COLUMN reactions jsonb NOT NULL DEFAULT '[]'
-    CHECK (jsonb_typeof(reactions) = 'array' AND jsonb_array_length(reactions) <= 20);
-ALTER TABLE messages ADD CONSTRAINT messages_deleted_reactions_check CHECK (NOT deleted OR reactions = '[]');
+-- `json`, not `jsonb`: the server writes the text and reads it back into its replies as it is,
+-- and PostgreSQL sends json text without converting it (BENCHMARKS.md, P11).
+ALTER TABLE messages ADD COLUMN reactions json NOT NULL DEFAULT '[]'
+    CHECK (json_typeof(reactions) = 'array' AND json_array_length(reactions) <= 20);
+ALTER TABLE messages ADD CONSTRAINT messages_deleted_reactions_check CHECK (NOT deleted OR reactions::text = '[]');
 
 -- Each reaction change is an event in the chat's log, its payload {message_id, emoji, user_id}.
 ALTER TABLE chat_events DROP CONSTRAINT chat_events_type_check;

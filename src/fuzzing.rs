@@ -34,10 +34,12 @@ use crate::ws::{self, Command};
 const ANSWER: Duration = Duration::from_secs(5);
 
 /// Every body field a handler or a frame reads.
-const FIELDS: [&str; 18] = [
+const FIELDS: [&str; 20] = [
     "username",
     "email",
     "password",
+    "current_password",
+    "new_password",
     "login",
     "title",
     "is_group",
