@@ -177,35 +177,15 @@ pub fn delete_message(
     Ok(Reply::no_content())
 }
 
-/// `PUT /api/chats/{id}/messages/{message_id}/reactions/{emoji}`: any member;
-/// reacting again changes nothing; a deleted message is `409`, and so is a
-/// 21st distinct emoji.
-pub fn add_reaction(
-    ctx: &mut Ctx,
-    user_id: UserId,
-    chat_id: ChatId,
-    message_id: MessageId,
-    emoji: EmojiSegment,
-) -> Result<Reply, ApiError> {
-    change_reaction(ctx, user_id, chat_id, message_id, emoji, EventKind::ReactionAdded)
-}
-
-/// `DELETE /api/chats/{id}/messages/{message_id}/reactions/{emoji}`: removing
-/// a reaction that is not there (a deleted message has none) changes nothing.
-pub fn remove_reaction(
-    ctx: &mut Ctx,
-    user_id: UserId,
-    chat_id: ChatId,
-    message_id: MessageId,
-    emoji: EmojiSegment,
-) -> Result<Reply, ApiError> {
-    change_reaction(ctx, user_id, chat_id, message_id, emoji, EventKind::ReactionRemoved)
-}
-
-/// Adds or removes the caller's reaction under the message's row lock, and
-/// appends its event only when something changed. A change spends the
-/// sender's message budget, as a send does: each is an event every member gets.
-fn change_reaction(
+/// `PUT` (`kind` is `ReactionAdded`) and `DELETE` (`ReactionRemoved`)
+/// `/api/chats/{id}/messages/{message_id}/reactions/{emoji}`: any member adds
+/// or removes their reaction under the message's row lock, and the event is
+/// appended only when something changed. Reacting again, or removing what is
+/// not there (a deleted message has nothing), is `204` and writes nothing; a
+/// `PUT` on a deleted message is `409`, and so is a 21st distinct emoji. A
+/// change spends the caller's message budget, as a send does: each is an
+/// event every member gets.
+pub fn change_reaction(
     ctx: &mut Ctx,
     user_id: UserId,
     chat_id: ChatId,

@@ -32,6 +32,7 @@ use crate::listen;
 use crate::log::{Level, Log, OrDash};
 use crate::messages;
 use crate::migrate;
+use crate::model::EventKind;
 use crate::notify::Notifier;
 use crate::ops;
 use crate::presence::{self, Presence};
@@ -342,8 +343,12 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::ListMessages(chat) => messages::list_messages(ctx, user_id, chat),
         Route::EditMessage(chat, message) => messages::edit_message(ctx, user_id, chat, message),
         Route::DeleteMessage(chat, message) => messages::delete_message(ctx, user_id, chat, message),
-        Route::AddReaction(chat, message, emoji) => messages::add_reaction(ctx, user_id, chat, message, emoji),
-        Route::RemoveReaction(chat, message, emoji) => messages::remove_reaction(ctx, user_id, chat, message, emoji),
+        Route::AddReaction(chat, message, emoji) => {
+            messages::change_reaction(ctx, user_id, chat, message, emoji, EventKind::ReactionAdded)
+        }
+        Route::RemoveReaction(chat, message, emoji) => {
+            messages::change_reaction(ctx, user_id, chat, message, emoji, EventKind::ReactionRemoved)
+        }
         Route::MarkRead(chat) => messages::mark_read(ctx, user_id, chat),
         Route::ListEvents(chat) => events::list_events(ctx, user_id, chat),
         Route::SearchMessages => search::search_messages(ctx, user_id),
