@@ -5,17 +5,20 @@
 //! A wrong password and an unknown login take the same time and give the
 //! same body: an unknown login still pays for one password hash. Every
 //! password check, at login or at a password change, goes through the same
-//! failure limits, counted per account (`ratelimit::Login`).
+//! failure limits: a login counts under the name it gave, a password change
+//! under both of the account's names (`ratelimit.rs`).
 
+use postgres::GenericClient;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::app::Ctx;
 use crate::auth;
+use crate::db::Sql;
 use crate::error::ApiError;
 use crate::http::{Body, Reply};
 use crate::model::{rfc3339, Me, Session, SessionId, UserId};
-use crate::ratelimit::{Login, MAX_LOGIN_BYTES};
+use crate::ratelimit::MAX_LOGIN_BYTES;
 use crate::store;
 
 /// A valid sign-up, checked field by field.
@@ -92,9 +95,12 @@ pub fn create_session(ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 /// Checks a login (username or email) and password, under the failure limits.
 pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, ApiError> {
-    let found =
-        if login.len() <= MAX_LOGIN_BYTES { store::find_user_by_login(&mut ctx.db.sql()?, login)? } else { None };
-    let counted_as = Login::named(found.as_ref().map(|(user, _)| user.id.0), login);
+    // A login longer than any account's fails at once, counted against the
+    // address only, which keeps the limiter's keys small.
+    let (counted_as, found) = match login.len() <= MAX_LOGIN_BYTES {
+        true => (&[login][..], store::find_user_by_login(&mut ctx.db.sql()?, login)?),
+        false => (&[][..], None),
+    };
     check_password(ctx, counted_as, password, found.as_ref().map(|(_, password_hash)| password_hash.as_str()))?;
     let Some((user, _)) = found else { return Err(ApiError::InvalidCredentials) };
     let (token, token_hash) = auth::new_token();
@@ -105,19 +111,20 @@ pub fn log_in(ctx: &mut Ctx, login: &str, password: &str) -> Result<LoggedIn, Ap
 }
 
 /// Checks `password` against `stored` (`None`: no account) under the failure
-/// limits: `429` while they apply to `login` from the client's address, and a
-/// failure counted against both when it is wrong (`401 invalid_credentials`).
+/// limits: `429` while they apply to any of `logins` (empty: a login too long
+/// to name an account) or to the client's address, and a failure counted
+/// under each of them and the address when it is wrong (`401 invalid_credentials`).
 /// Without an account it still pays for one hash, so both cases take as long,
 /// except for a login too long to name an account, which fails at once.
-fn check_password(ctx: &Ctx, login: Login, password: &str, stored: Option<&str>) -> Result<(), ApiError> {
+fn check_password(ctx: &Ctx, logins: &[&str], password: &str, stored: Option<&str>) -> Result<(), ApiError> {
     let address = ctx.client_address();
     let limiter = &ctx.app.limits.logins;
-    if let Err(retry_after_secs) = limiter.check(login, &address) {
+    if let Err(retry_after_secs) = limiter.check(logins, &address) {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
     let verified = match stored {
         Some(password_hash) => auth::verify_password(password, password_hash),
-        None if login == Login::Unnamed => false,
+        None if logins.is_empty() => false,
         None => {
             let iterations = ctx.app.config.password_iterations;
             let decoy = ctx.app.decoy_password_hash.get_or_init(|| auth::hash_password("decoy password", iterations));
@@ -126,7 +133,7 @@ fn check_password(ctx: &Ctx, login: Login, password: &str, stored: Option<&str>)
         }
     };
     if !verified {
-        limiter.record_failure(login, &address);
+        limiter.record_failure(logins, &address);
         return Err(ApiError::InvalidCredentials);
     }
     Ok(())
@@ -159,10 +166,22 @@ pub fn list_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError
 /// (someone else's, ended, expired or unknown answer alike).
 pub fn delete_session(ctx: &mut Ctx, session: &Session, session_id: SessionId) -> Result<Reply, ApiError> {
     ctx.app.end_sessions(ctx.db, |tx| {
+        lock_own_sessions(tx, session)?;
         let ended = store::delete_user_session(tx, session.user.id, session_id)?;
         ended.map(|id| vec![id]).ok_or(ApiError::NotFound)
     })?;
     Ok(Reply::no_content())
+}
+
+/// Locks the caller's live sessions, in id order, so that requests of one
+/// user that end sessions happen one at a time and never deadlock; `401`
+/// when the caller's own session has ended since the request was
+/// authenticated (by another such request, say), so it ends nothing.
+fn lock_own_sessions(tx: &mut Sql<impl GenericClient>, session: &Session) -> Result<(), ApiError> {
+    match store::lock_user_sessions(tx, session.user.id)?.contains(&session.id) {
+        true => Ok(()),
+        false => Err(ApiError::Unauthorized),
+    }
 }
 
 /// `PUT /api/users/me/password`: the current password, checked under the
@@ -175,9 +194,11 @@ pub fn change_password(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiErr
     check_password_length("new_password", new_password)?;
     let user_id = session.user.id;
     let stored = store::find_password_hash(&mut ctx.db.sql()?, user_id)?.ok_or(ApiError::Unauthorized)?;
-    check_password(ctx, Login::Account(user_id.0), current_password, Some(&stored))?;
+    let names = [session.user.username.as_str(), session.user.email.as_str()];
+    check_password(ctx, &names, current_password, Some(&stored))?;
     let new_hash = auth::hash_password(new_password, ctx.app.config.password_iterations);
     ctx.app.end_sessions(ctx.db, |tx| {
+        lock_own_sessions(tx, session)?;
         // Unchanged since it was checked, or a concurrent change won: then
         // the current password given is no longer the current one.
         if !store::replace_password_hash(tx, user_id, &stored, &new_hash)? {

@@ -5,11 +5,13 @@
 //! Failed logins follow OWASP's advice that an attacker elsewhere must not
 //! be able to lock a user out: failures count per (login, client address)
 //! pair, 10 in `WINDOW`, and per client address, 100 in `WINDOW`, never per
-//! login alone. A login that names an account counts as that account, so
-//! its username, its email and a wrong current password at a password change
-//! share one count (`Login`). Past either limit, attempts get `429` until
-//! the oldest failure that counts ages out, so the right password from an
-//! address under both limits always gets through.
+//! login alone. A wrong current password at a password change counts as a
+//! failed login under both of the account's names, its username and its
+//! email, and is refused while either is locked; a login counts under the
+//! name it gave only, so nothing here ties a username to its email for
+//! someone who does not know the password. Past either limit, attempts get
+//! `429` until the oldest failure that counts ages out, so the right password
+//! from an address under both limits always gets through.
 //!
 //! Everything lives in this process's memory, so with several processes the
 //! limits are per process; every map is bounded. The rules are pure (time is
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 /// How long a failure counts.
 pub const WINDOW: Duration = Duration::from_secs(300);
-/// Failures of one account (or unknown login) from one address that lock that pair.
+/// Failures of one login from one address that lock that pair.
 pub const PAIR_LIMIT: usize = 10;
 /// Failures from one address, for any logins, that lock the address.
 pub const ADDRESS_LIMIT: usize = 100;
@@ -33,31 +35,6 @@ const MAX_ADDRESSES: usize = 10_000;
 
 /// The longest login that can name an account: an email of 254 characters, in UTF-8.
 pub const MAX_LOGIN_BYTES: usize = 254 * 4;
-
-/// Whose failures an attempt counts with, besides its client address's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Login<'a> {
-    /// An account (its id), however it was named or however the password
-    /// was wrong: by username, by email in any case, or at a password change.
-    Account(i64),
-    /// Text that names no account, compared without regard to case.
-    Unknown(&'a str),
-    /// Text too long to name any account: it counts against the address only,
-    /// which keeps the keys small.
-    Unnamed,
-}
-
-impl<'a> Login<'a> {
-    /// What an attempt at `text` counts as: the account it names when there
-    /// is one (`account`), else the text, unless no account could have it.
-    pub fn named(account: Option<i64>, text: &'a str) -> Login<'a> {
-        match account {
-            Some(id) => Login::Account(id),
-            None if text.len() > MAX_LOGIN_BYTES => Login::Unnamed,
-            None => Login::Unknown(text),
-        }
-    }
-}
 
 /// The failure limits, shared by every worker.
 pub struct LoginLimiter {
@@ -70,24 +47,25 @@ impl LoginLimiter {
         LoginLimiter { enabled, failures: Mutex::new(LoginFailures::new()) }
     }
 
-    /// `Err(seconds to wait)` when `address`, or `login` from `address`, is
-    /// over its limit.
-    pub fn check(&self, login: Login, address: &str) -> Result<(), u64> {
+    /// `Err(seconds to wait)` when `address`, or any of `logins` from
+    /// `address`, is over its limit. `logins` is empty for a login too long
+    /// to name an account, which counts against the address only.
+    pub fn check(&self, logins: &[&str], address: &str) -> Result<(), u64> {
         if !self.enabled {
             return Ok(());
         }
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        match failures.wait(login, address, Instant::now()) {
+        match failures.wait(logins, address, Instant::now()) {
             None => Ok(()),
             Some(wait) => Err(wait.as_secs().max(1)),
         }
     }
 
-    /// Records one failed attempt.
-    pub fn record_failure(&self, login: Login, address: &str) {
+    /// Records one failed attempt under each of `logins` and once against `address`.
+    pub fn record_failure(&self, logins: &[&str], address: &str) {
         if self.enabled {
             let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-            failures.record(login, address, Instant::now());
+            failures.record(logins, address, Instant::now());
         }
     }
 }
@@ -107,27 +85,22 @@ impl LoginFailures {
     }
 
     /// How long until an attempt may go through, or `None` when it may now.
-    fn wait(&mut self, login: Login, address: &str, now: Instant) -> Option<Duration> {
-        let pair = pair_key(login, address).and_then(|key| self.pairs.wait(&key, now));
-        pair.max(self.addresses.wait(address, now))
+    fn wait(&mut self, logins: &[&str], address: &str, now: Instant) -> Option<Duration> {
+        let pairs = logins.iter().filter_map(|login| self.pairs.wait(&pair_key(login, address), now)).max();
+        pairs.max(self.addresses.wait(address, now))
     }
 
-    fn record(&mut self, login: Login, address: &str, now: Instant) {
-        if let Some(key) = pair_key(login, address) {
-            self.pairs.record(key, now);
+    fn record(&mut self, logins: &[&str], address: &str, now: Instant) {
+        for login in logins {
+            self.pairs.record(pair_key(login, address), now);
         }
         self.addresses.record(address.to_string(), now);
     }
 }
 
-/// An account or a login's text from an address (which holds no space); the
-/// mark after the space keeps an account apart from any text.
-fn pair_key(login: Login, address: &str) -> Option<String> {
-    match login {
-        Login::Account(id) => Some(format!("{address} #{id}")),
-        Login::Unknown(text) => Some(format!("{address} ={}", text.to_lowercase())),
-        Login::Unnamed => None,
-    }
+/// A login, compared without regard to case, from an address (which holds no space).
+fn pair_key(login: &str, address: &str) -> String {
+    format!("{address} {}", login.to_lowercase())
 }
 
 /// The failures within `WINDOW` of each key, at most `limit` kept per key.
@@ -342,9 +315,9 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    fn fail(failures: &mut LoginFailures, n: usize, login: Login, address: &str, now: Instant) {
+    fn fail(failures: &mut LoginFailures, n: usize, logins: &[&str], address: &str, now: Instant) {
         for _ in 0..n {
-            failures.record(login, address, now);
+            failures.record(logins, address, now);
         }
     }
 
@@ -352,23 +325,15 @@ mod tests {
     fn ten_failures_lock_the_login_at_that_address_only() {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
-        fail(&mut failures, 9, Login::Unknown("alice"), "1.1.1.1", now);
-        assert_eq!(
-            failures.wait(Login::Unknown("alice"), "1.1.1.1", now),
-            None,
-            "nine failures still let a try through"
-        );
+        fail(&mut failures, 9, &["alice"], "1.1.1.1", now);
+        assert_eq!(failures.wait(&["alice"], "1.1.1.1", now), None, "nine failures still let a try through");
 
-        failures.record(Login::Unknown("Alice"), "1.1.1.1", now);
+        failures.record(&["Alice"], "1.1.1.1", now);
 
-        let wait = failures.wait(Login::Unknown("ALICE"), "1.1.1.1", now + SECOND);
+        let wait = failures.wait(&["ALICE"], "1.1.1.1", now + SECOND);
         assert_eq!(wait, Some(WINDOW - SECOND), "the login is compared without regard to case");
-        assert_eq!(failures.wait(Login::Unknown("alice"), "2.2.2.2", now), None, "another address is not locked out");
-        assert_eq!(
-            failures.wait(Login::Unknown("bob"), "1.1.1.1", now),
-            None,
-            "another login from that address is not"
-        );
+        assert_eq!(failures.wait(&["alice"], "2.2.2.2", now), None, "another address is not locked out");
+        assert_eq!(failures.wait(&["bob"], "1.1.1.1", now), None, "another login from that address is not");
     }
 
     #[test]
@@ -376,19 +341,15 @@ mod tests {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
         for idx in 0..99 {
-            failures.record(Login::Unknown(&format!("user{idx}")), "1.1.1.1", now);
+            failures.record(&[format!("user{idx}").as_str()], "1.1.1.1", now);
         }
-        assert_eq!(failures.wait(Login::Unknown("victim"), "1.1.1.1", now), None, "99 failures leave the address open");
+        assert_eq!(failures.wait(&["victim"], "1.1.1.1", now), None, "99 failures leave the address open");
 
-        failures.record(Login::Unnamed, "1.1.1.1", now);
+        failures.record(&[], "1.1.1.1", now);
 
-        assert!(failures.wait(Login::Unknown("victim"), "1.1.1.1", now).is_some(), "the 100th locks the address");
-        assert!(failures.wait(Login::Unnamed, "1.1.1.1", now).is_some(), "for logins that name no account too");
-        assert_eq!(
-            failures.wait(Login::Unknown("victim"), "2.2.2.2", now),
-            None,
-            "the victim elsewhere is not locked out"
-        );
+        assert!(failures.wait(&["victim"], "1.1.1.1", now).is_some(), "the 100th locks the address");
+        assert!(failures.wait(&[], "1.1.1.1", now).is_some(), "for logins that name no account too");
+        assert_eq!(failures.wait(&["victim"], "2.2.2.2", now), None, "the victim elsewhere is not locked out");
     }
 
     #[test]
@@ -396,62 +357,40 @@ mod tests {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
         for idx in 0..1000 {
-            fail(&mut failures, 10, Login::Unknown("victim"), &format!("10.0.{}.{}", idx / 256, idx % 256), now);
+            fail(&mut failures, 10, &["victim"], &format!("10.0.{}.{}", idx / 256, idx % 256), now);
         }
-        assert_eq!(failures.wait(Login::Unknown("victim"), "192.0.2.1", now), None);
+        assert_eq!(failures.wait(&["victim"], "192.0.2.1", now), None);
     }
 
     #[test]
-    fn a_login_counts_as_the_account_it_names_else_as_its_text() {
-        assert_eq!(Login::named(Some(7), "alice"), Login::Account(7), "by username");
-        assert_eq!(Login::named(Some(7), "ALICE@Example.com"), Login::Account(7), "by email, in any case");
-        assert_eq!(Login::named(None, "nobody"), Login::Unknown("nobody"));
-        let longest = "x".repeat(MAX_LOGIN_BYTES);
-        assert_eq!(Login::named(None, &longest), Login::Unknown(&longest), "as long as an account's login can be");
-        let too_long = "x".repeat(MAX_LOGIN_BYTES + 1);
-        assert_eq!(Login::named(None, &too_long), Login::Unnamed, "longer than any account's login");
-    }
-
-    #[test]
-    fn an_accounts_failures_count_together_from_one_address_only() {
+    fn a_failure_under_several_names_counts_under_each_and_once_for_the_address() {
         let mut failures = LoginFailures::new();
         let now = Instant::now();
-        // By username, by email, and by a wrong current password: one account.
-        fail(&mut failures, 4, Login::named(Some(7), "alice"), "1.1.1.1", now);
-        fail(&mut failures, 3, Login::named(Some(7), "Alice@example.com"), "1.1.1.1", now);
-        fail(&mut failures, 2, Login::Account(7), "1.1.1.1", now);
-        assert_eq!(failures.wait(Login::Account(7), "1.1.1.1", now), None, "nine failures still let a try through");
-
-        failures.record(Login::Account(7), "1.1.1.1", now);
-
-        assert_eq!(failures.wait(Login::Account(7), "1.1.1.1", now), Some(WINDOW), "the tenth locks the account there");
-        assert_eq!(failures.wait(Login::Account(7), "2.2.2.2", now), None, "another address is not locked out");
-        assert_eq!(failures.wait(Login::Account(8), "1.1.1.1", now), None, "another account from that address is not");
-    }
-
-    #[test]
-    fn an_account_and_a_text_never_share_a_count() {
-        let mut failures = LoginFailures::new();
-        let now = Instant::now();
-        fail(&mut failures, 10, Login::Account(7), "1.1.1.1", now);
-        fail(&mut failures, 10, Login::Unknown("#8"), "1.1.1.1", now);
-
-        for text in ["7", "#7", "=7"] {
-            assert_eq!(failures.wait(Login::Unknown(text), "1.1.1.1", now), None, "{text:?} is not account 7");
-        }
-        assert_eq!(failures.wait(Login::Account(8), "1.1.1.1", now), None, "account 8 is not the text \"#8\"");
+        // A wrong current password: the account's username and email both.
+        fail(&mut failures, 9, &["alice", "alice@example.com"], "1.1.1.1", now);
+        assert_eq!(failures.wait(&["Alice"], "1.1.1.1", now), None, "nine failures still let a try through");
+        failures.record(&["alice", "alice@example.com"], "1.1.1.1", now);
+        assert!(failures.wait(&["ALICE"], "1.1.1.1", now).is_some(), "the username is locked");
+        assert!(failures.wait(&["Alice@Example.com"], "1.1.1.1", now).is_some(), "and the email");
+        fail(&mut failures, 89, &["carol"], "1.1.1.1", now);
+        assert_eq!(failures.wait(&["dave"], "1.1.1.1", now), None, "the address counted each attempt once: 99");
+        assert_eq!(failures.wait(&["alice", "alice@example.com"], "2.2.2.2", now), None, "another address is not");
+        // Logins by the username alone: a password change, which checks both names, is locked too.
+        fail(&mut failures, 10, &["bob"], "3.3.3.3", now);
+        assert!(failures.wait(&["bob", "bob@example.com"], "3.3.3.3", now).is_some());
+        assert_eq!(failures.wait(&["bob@example.com"], "3.3.3.3", now), None, "a login by the other name is not");
     }
 
     #[test]
     fn failures_age_out_after_the_window_oldest_first() {
         let mut failures = LoginFailures::new();
         let start = Instant::now();
-        fail(&mut failures, 5, Login::Unknown("alice"), "1.1.1.1", start);
-        fail(&mut failures, 5, Login::Unknown("alice"), "1.1.1.1", start + 60 * SECOND);
-        assert_eq!(failures.wait(Login::Unknown("alice"), "1.1.1.1", start + 60 * SECOND), Some(WINDOW - 60 * SECOND));
-        assert_eq!(failures.wait(Login::Unknown("alice"), "1.1.1.1", start + WINDOW), None, "the first five aged out");
-        fail(&mut failures, 5, Login::Unknown("alice"), "1.1.1.1", start + WINDOW);
-        let wait = failures.wait(Login::Unknown("alice"), "1.1.1.1", start + WINDOW + SECOND);
+        fail(&mut failures, 5, &["alice"], "1.1.1.1", start);
+        fail(&mut failures, 5, &["alice"], "1.1.1.1", start + 60 * SECOND);
+        assert_eq!(failures.wait(&["alice"], "1.1.1.1", start + 60 * SECOND), Some(WINDOW - 60 * SECOND));
+        assert_eq!(failures.wait(&["alice"], "1.1.1.1", start + WINDOW), None, "the first five aged out");
+        fail(&mut failures, 5, &["alice"], "1.1.1.1", start + WINDOW);
+        let wait = failures.wait(&["alice"], "1.1.1.1", start + WINDOW + SECOND);
         assert_eq!(wait, Some(60 * SECOND - SECOND), "until the oldest that counts is 5 minutes old");
     }
 
@@ -540,8 +479,8 @@ mod tests {
     fn a_disabled_limiter_never_limits() {
         let limiter = LoginLimiter::new(false);
         for _ in 0..200 {
-            limiter.record_failure(Login::Unknown("k"), "a");
+            limiter.record_failure(&["k"], "a");
         }
-        assert_eq!(limiter.check(Login::Unknown("k"), "a"), Ok(()));
+        assert_eq!(limiter.check(&["k"], "a"), Ok(()));
     }
 }

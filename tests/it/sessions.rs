@@ -8,7 +8,8 @@
 //! each has its own session cache, listener and process id, as two
 //! processes would.
 
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -410,16 +411,15 @@ impl Attempt {
 }
 
 #[test]
-fn failures_by_username_by_email_and_by_password_change_count_together_for_the_user_at_one_address() {
+fn wrong_current_passwords_lock_both_of_the_users_names_at_that_address() {
     let app = spawn_app_with(&[("TRUSTED_PROXIES", "127.0.0.1")]);
     let alice = app.create_user();
     let bob = app.create_user();
     let (attacker, home) = ("203.0.113.7", "198.51.100.7");
 
-    for idx in 0..10 {
-        let attempt = Attempt::ALL[idx % 3];
-        let resp = attempt.send(&app, attacker, &alice, "a wrong guess");
-        assert_eq!(resp.status, 401, "failure {} ({attempt:?}): ten in all are allowed:\n{}", idx + 1, resp.describe());
+    for n in 1..=10 {
+        let resp = Attempt::PasswordChange.send(&app, attacker, &alice, "a wrong guess");
+        assert_eq!(resp.status, 401, "failure {n}: ten are allowed:\n{}", resp.describe());
         check_error(&resp, 401, "invalid_credentials", None);
     }
 
@@ -436,21 +436,25 @@ fn failures_by_username_by_email_and_by_password_change_count_together_for_the_u
 }
 
 #[test]
-fn a_limit_reached_by_any_one_way_makes_every_way_429_for_that_user_at_that_address() {
+fn failed_logins_by_one_name_lock_that_name_and_password_changes_but_not_the_other_name() {
     let app = spawn_app_with(&[("TRUSTED_PROXIES", "127.0.0.1")]);
     let alice = app.create_user();
-
-    for (idx, failing) in Attempt::ALL.into_iter().enumerate() {
+    // A login counts under the name it gave only (contract section 2: "that login"), so a
+    // limit reached by one name says nothing about which email or username is the same account.
+    for (idx, (failing, other)) in
+        [(Attempt::LoginByUsername, Attempt::LoginByEmail), (Attempt::LoginByEmail, Attempt::LoginByUsername)]
+            .into_iter()
+            .enumerate()
+    {
         let attacker = format!("203.0.113.{}", idx + 10);
         for n in 1..=10 {
             let resp = failing.send(&app, &attacker, &alice, "a wrong guess");
             assert_eq!(resp.status, 401, "{failing:?}: failure {n}:\n{}", resp.describe());
         }
-
-        for attempt in Attempt::ALL {
-            let resp = attempt.send(&app, &attacker, &alice, &alice.password);
-            check_limited(&resp, &format!("after ten failures by {failing:?}: {attempt:?} with the right password"));
-        }
+        check_limited(&failing.send(&app, &attacker, &alice, &alice.password), &format!("{failing:?} again"));
+        let change = Attempt::PasswordChange.send(&app, &attacker, &alice, &alice.password);
+        check_limited(&change, &format!("a password change after ten failures by {failing:?}"));
+        other.send(&app, &attacker, &alice, &alice.password).assert_status(201, &format!("{other:?}"));
     }
     Attempt::PasswordChange.send(&app, "198.51.100.7", &alice, &alice.password).assert_status(204, "from elsewhere");
 }
@@ -472,4 +476,40 @@ fn an_unknown_login_is_still_limited_by_its_text_without_regard_to_case() {
     check_error(&login("198.51.100.7", "ghost", "a guess"), 401, "invalid_credentials", None);
     check_error(&login("203.0.113.7", "phantom", "a guess"), 401, "invalid_credentials", None);
     login("203.0.113.7", &alice.username, &alice.password).assert_status(201, "a real user from that address");
+}
+
+#[test]
+fn a_session_ended_while_it_changes_the_password_changes_nothing() {
+    // Slow hashing, so the other session's request lands while the change hashes.
+    let app = spawn_app_with(&[("PASSWORD_ITERATIONS", "40000")]);
+    let alice = app.create_user();
+    let started = Instant::now();
+    let other = app.login_token(&alice.username, &alice.password);
+    let one_hash = started.elapsed();
+    let sessions = app.get("/api/sessions", Some(&alice.token)).json();
+    let changing = sessions["sessions"].as_array().unwrap().iter().find(|s| s["current"] == json!(true)).unwrap();
+    let changing_id = changing["id"].as_i64().unwrap();
+
+    let (change, end) = thread::scope(|s| {
+        let change = s.spawn(|| {
+            let body = json!({ "current_password": alice.password, "new_password": "a brand new password" });
+            app.put("/api/users/me/password", Some(&alice.token), body)
+        });
+        // The change hashes twice (the current password, then the new one): end it midway.
+        thread::sleep(one_hash);
+        let end = app.delete(&format!("/api/sessions/{changing_id}"), Some(&other));
+        (change.join().expect("the change"), end)
+    });
+    // One of the two requests ended the other's session first; the later one must change nothing.
+    match (change.status, end.status) {
+        (401, 204) => {
+            check_error(&change, 401, "unauthorized", None);
+            app.get("/api/users/me", Some(&other)).assert_status(200, "the session that ended the other");
+            app.login(&alice.username, &alice.password).assert_status(201, "the password did not change");
+        }
+        (204, 401) => {
+            app.get("/api/users/me", Some(&other)).assert_status(401, "ended by the change");
+        }
+        statuses => panic!("both requests went through, or neither: {statuses:?} (hash {one_hash:?})"),
+    }
 }
