@@ -1,8 +1,8 @@
 -- Message search (contract section 9): each message's words, made by the server (src/words.rs), as a tsvector with a GIN index.
 -- The server, not PostgreSQL's text-search parser, makes the words: the contract's word rule must hold whatever the
 -- database's locale (ARCHITECTURE.md, "words.rs"). A send and an edit write `words` with array_to_tsvector, which takes
--- the lexemes verbatim; a delete empties it. The default keeps an older server's sends working (their messages are
--- not found by search until edited), so this can be applied before the servers are replaced.
+-- the lexemes verbatim; a delete empties it. Stop older servers before applying this: their sends would store no
+-- words, and their edits would leave the old words, so a message would be found by words it no longer holds.
 ALTER TABLE messages ADD COLUMN words tsvector NOT NULL DEFAULT ''::tsvector;
 
 -- Back-fill. SQL cannot call Rust, so the messages stored before this migration get the closest SQL rule: runs of
