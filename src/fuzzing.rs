@@ -28,6 +28,7 @@ use crate::messages;
 use crate::model::UserId;
 use crate::router::{self, Route};
 use crate::server;
+use crate::words;
 use crate::ws::{self, Command};
 
 /// How long the loopback server may take to answer an input and close.
@@ -212,6 +213,9 @@ pub fn route(input: &[u8]) {
 fn query(query: &Query) {
     if let Ok(Some(text)) = query.text("q") {
         assert!(!text.contains('\0'));
+        if let Some(tsquery) = words::tsquery(text) {
+            assert!(tsquery.ends_with(":*") && !tsquery.contains('\0'), "{tsquery}");
+        }
     }
     for (name, min, max) in
         [("limit", 1, 100), ("limit", 1, 200), ("limit", 1, 1000), ("before", 1, i64::MAX), ("after", 0, i64::MAX)]

@@ -287,7 +287,8 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut idx = 0;
     while idx < bytes.len() {
-        let hex = bytes.get(idx + 1..idx + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes.get(idx + 1..idx + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let hex = hex.and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[idx], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(byte)) => {
                 out.push(byte);
@@ -318,6 +319,11 @@ mod tests {
         assert_eq!(query.get("x"), Some(""));
         assert_eq!(query.get("y"), None);
         assert_eq!(Query::parse("/a?q=%zz%4").get("q"), Some("%zz%4"));
+        assert_eq!(
+            Query::parse("/a?q=%+1%-1").get("q"),
+            Some("% 1%-1"),
+            "% starts two hex digits or stands for itself"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl Draft {
         let client_id = parse_client_id(body.opt_str("client_id")?)?.map(String::from);
         let reply_to_seq = body.opt_i64("reply_to_seq")?;
         if reply_to_seq.is_some_and(|seq| seq < 1) {
-            return Err(ApiError::invalid("reply_to_seq", "reply_to_seq must be the seq of a message in this chat"));
+            return Err(ApiError::invalid("reply_to_seq", store::REPLY_TO_SEQ_RULE));
         }
         Ok(Draft { content, client_id, reply_to_seq })
     }
@@ -141,7 +141,7 @@ pub fn edit_message(ctx: &mut Ctx, user_id: UserId, chat_id: ChatId, message_id:
             return Err(ApiError::Forbidden("only the sender can edit a message"));
         }
         if message.deleted {
-            return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() });
+            return Err(deleted());
         }
         let (seq, _) = take_seq_as_member(tx, user_id, chat_id)?;
         let message = store::update_message_content(tx, message_id, content)?;
@@ -200,9 +200,7 @@ pub fn change_reaction(
         let message = lock_message_as_member(tx, user_id, chat_id, message_id)?;
         let mut list = message.reaction_list().map_err(|e| ApiError::Internal(format!("stored reactions: {e}")))?;
         let changed = match kind {
-            EventKind::ReactionAdded if message.deleted => {
-                return Err(ApiError::Conflict { field: None, message: "the message is deleted".into() })
-            }
+            EventKind::ReactionAdded if message.deleted => return Err(deleted()),
             EventKind::ReactionAdded => reactions::add(&mut list, emoji, user_id).map_err(|reactions::TooMany| {
                 ApiError::Conflict { field: None, message: "a message carries at most 20 distinct emoji".into() }
             })?,
@@ -221,6 +219,11 @@ pub fn change_reaction(
     })?;
     ctx.app.publish(event.as_slice());
     Ok(Reply::no_content())
+}
+
+/// The `409` for a change to a deleted message.
+fn deleted() -> ApiError {
+    ApiError::Conflict { field: None, message: "the message is deleted".into() }
 }
 
 /// Locks a chat's message for a member. Membership is read first, so an

@@ -44,7 +44,8 @@ impl Emoji {
         while let Some((&first, tail)) = rest.split_first() {
             let (byte, after) = match first {
                 b'%' => {
-                    let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok()).ok_or(BadEmoji)?;
+                    let hex = tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit)).ok_or(BadEmoji)?;
+                    let hex = std::str::from_utf8(hex).map_err(|_| BadEmoji)?;
                     let byte = u8::from_str_radix(hex, 16).map_err(|_| BadEmoji)?;
                     (byte, &tail[2..])
                 }
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_malformed_escape_or_utf8_is_no_emoji() {
-        for bad in ["%", "%F", "%ZZ", "%+1", "%F0%9F%91", "%FF", "%C0%AF", "%ED%A0%80"] {
+        for bad in ["%", "%F", "%ZZ", "%+1", "%-1", "% 1", "%F0%9F%91", "%FF", "%C0%AF", "%ED%A0%80"] {
             assert_eq!(Emoji::decode(bad), Err(BadEmoji), "{bad}");
         }
     }

@@ -4,14 +4,14 @@
 //! The words are made by `words.rs`, not by PostgreSQL, so the contract's
 //! word rule holds whatever the database's locale. The newest messages are
 //! searched first and the word index only when they hold too few matches
-//! (`store::search_recent_messages`, `store::search_messages`): each plan is
+//! (`store::Search::Recent`, then `store::Search::Indexed`): each plan is
 //! fast in its own case, whatever PostgreSQL's plan cache decides.
 
 use crate::app::Ctx;
 use crate::error::ApiError;
 use crate::http::Reply;
 use crate::model::{ChatId, MessagePage, UserId};
-use crate::store;
+use crate::store::{self, Search};
 use crate::words;
 
 /// The longest `q`, in characters.
@@ -39,9 +39,9 @@ pub fn search_messages(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError
     if let Some(chat_id) = only {
         store::find_role(sql, chat_id, user_id)?.ok_or(ApiError::NotFound)?;
     }
-    let mut messages = store::search_recent_messages(sql, user_id, only, &tsquery, before, limit + 1)?;
+    let mut messages = store::search_messages(sql, Search::Recent, user_id, only, &tsquery, before, limit + 1)?;
     if messages.len() as i64 <= limit {
-        messages = store::search_messages(sql, user_id, only, &tsquery, before, limit + 1)?;
+        messages = store::search_messages(sql, Search::Indexed, user_id, only, &tsquery, before, limit + 1)?;
     }
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);

@@ -564,6 +564,9 @@ fn decode<T: serde::de::DeserializeOwned>(json: Value) -> Result<T, ApiError> {
     serde_json::from_value(json).map_err(|e| ApiError::Internal(format!("stored payload: {e}")))
 }
 
+/// What the `400` for a `reply_to_seq` that names no message of the chat says.
+pub const REPLY_TO_SEQ_RULE: &str = "reply_to_seq must be the seq of a message in this chat";
+
 /// Takes the next seq, stores the message and appends `message.created`, in
 /// one statement. `None` when the sender is not a member (nothing written);
 /// `400` when `reply_to_seq` is not the seq of a message of this chat (nothing
@@ -610,9 +613,7 @@ pub fn insert_message(
     );
     match inserted {
         Ok(row) if !row.get::<_, bool>(0) => Ok(None),
-        Ok(row) if !row.get::<_, bool>(1) => {
-            Err(ApiError::invalid("reply_to_seq", "reply_to_seq must be the seq of a message in this chat"))
-        }
+        Ok(row) if !row.get::<_, bool>(1) => Err(ApiError::invalid("reply_to_seq", REPLY_TO_SEQ_RULE)),
         Ok(row) => Ok(Some(message_from(&row, 2))),
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             Err(ApiError::conflict("client_id", "client_id was already used"))
@@ -778,7 +779,7 @@ macro_rules! search_condition {
     };
 }
 
-/// `search_recent_messages`'s statement; benches/search/plans.sql prepares the same text.
+/// `Search::Recent`'s statement; benches/search/plans.sql prepares the same text.
 pub const SEARCH_RECENT_MESSAGES: &str = concat!(
     "SELECT ",
     message_columns!(),
@@ -787,23 +788,7 @@ pub const SEARCH_RECENT_MESSAGES: &str = concat!(
     " ORDER BY id DESC LIMIT $5"
 );
 
-/// The matches among the 10,000 newest messages with `id < before` (in every chat), newest
-/// first, at most `limit`. It walks the primary key back from `before`, whatever the words, so it
-/// costs at most 10,000 rows, and far fewer when matches are common; finding fewer than `limit`
-/// proves nothing about older messages (`search_messages` then answers).
-pub fn search_recent_messages(
-    sql: &mut Sql<impl GenericClient>,
-    user_id: UserId,
-    only: Option<ChatId>,
-    tsquery: &str,
-    before: i64,
-    limit: i64,
-) -> Result<Vec<Message>, ApiError> {
-    let rows = sql.query(SEARCH_RECENT_MESSAGES, &[&user_id, &only, &tsquery, &before, &limit])?;
-    Ok(rows.iter().map(|row| message_from(row, 0)).collect())
-}
-
-/// `search_messages`'s statement; benches/search/plans.sql prepares the same text.
+/// `Search::Indexed`'s statement; benches/search/plans.sql prepares the same text.
 pub const SEARCH_MESSAGES: &str = concat!(
     "WITH found AS MATERIALIZED (SELECT ",
     message_columns!(),
@@ -812,20 +797,40 @@ pub const SEARCH_MESSAGES: &str = concat!(
     ") SELECT * FROM found ORDER BY id DESC LIMIT $5"
 );
 
-/// The newest `limit` matches with `id < before`, through the word index (`messages_words_idx`)
-/// intersected with the caller's chats' messages (`messages_chat_seq_key`). Every match is read
-/// before the newest are picked: the `MATERIALIZED` fence keeps the planner from walking the
-/// primary key instead, which a frequent word would tempt it to and which reads every message
-/// when matches are sparse.
+/// Which of the two search statements a search runs.
+pub enum Search {
+    /// `SEARCH_RECENT_MESSAGES`: the matches among the 10,000 newest messages
+    /// with `id < before` (in every chat), newest first, at most `limit`. It
+    /// walks the primary key back from `before`, whatever the words, so it
+    /// costs at most 10,000 rows, and far fewer when matches are common;
+    /// finding fewer than `limit` proves nothing about older messages
+    /// (`Indexed` then answers).
+    Recent,
+    /// `SEARCH_MESSAGES`: the newest `limit` matches with `id < before`,
+    /// through the word index (`messages_words_idx`) intersected with the
+    /// caller's chats' messages (`messages_chat_seq_key`). Every match is read
+    /// before the newest are picked: the `MATERIALIZED` fence keeps the
+    /// planner from walking the primary key instead, which a frequent word
+    /// would tempt it to and which reads every message when matches are sparse.
+    Indexed,
+}
+
+/// The caller's messages that match `tsquery` (`words::tsquery`), in `only`
+/// or in all the caller's chats, with `id < before`, newest first, at most `limit`.
 pub fn search_messages(
     sql: &mut Sql<impl GenericClient>,
+    search: Search,
     user_id: UserId,
     only: Option<ChatId>,
     tsquery: &str,
     before: i64,
     limit: i64,
 ) -> Result<Vec<Message>, ApiError> {
-    let rows = sql.query(SEARCH_MESSAGES, &[&user_id, &only, &tsquery, &before, &limit])?;
+    let statement = match search {
+        Search::Recent => SEARCH_RECENT_MESSAGES,
+        Search::Indexed => SEARCH_MESSAGES,
+    };
+    let rows = sql.query(statement, &[&user_id, &only, &tsquery, &before, &limit])?;
     Ok(rows.iter().map(|row| message_from(row, 0)).collect())
 }
 

@@ -10,6 +10,8 @@
 //! lexemes (`array_to_tsvector`) and searches with `tsquery`'s text, which the
 //! `::tsquery` cast reads without a parser or a dictionary. Pure.
 
+use std::collections::HashSet;
+
 /// The longest lexeme PostgreSQL stores, in bytes (`MAXSTRLEN`): longer
 /// words are left out of the index, so no search finds them.
 pub const MAX_WORD_BYTES: usize = 2047;
@@ -28,13 +30,8 @@ fn split(text: &str) -> impl Iterator<Item = String> + '_ {
 /// The distinct words of a message's content, in order of first use, without
 /// those over `MAX_WORD_BYTES`: the lexemes its `words` column holds.
 pub fn index(content: &str) -> Vec<String> {
-    let mut words: Vec<String> = Vec::new();
-    for word in split(content) {
-        if word.len() <= MAX_WORD_BYTES && !words.contains(&word) {
-            words.push(word);
-        }
-    }
-    words
+    let mut seen = HashSet::new();
+    split(content).filter(|word| word.len() <= MAX_WORD_BYTES && seen.insert(word.clone())).collect()
 }
 
 /// The `tsquery` text that finds the messages holding every word of `query`,
