@@ -244,7 +244,7 @@ impl Metrics {
         text.family(
             latency,
             "histogram",
-            "Time from a request reaching a worker to its answer written, by route pattern.",
+            "Time from a request reaching a worker to its answer ready to write, by route pattern.",
         );
         for (route, stats) in &requests {
             let mut cumulative = 0;

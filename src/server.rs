@@ -276,14 +276,15 @@ fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
     }
     let status = reply.status;
     let path: String = request.url().split('?').next().unwrap_or("").chars().take(200).collect();
+    // Counted before the answer goes out, so a client that reads it and then
+    // scrapes `/metrics` finds its request there.
+    app.metrics.request(route.map_or(metrics::UNMATCHED, |r| r.name()), status, started.elapsed());
     let _ = request.respond(tiny_response(reply, &request_id));
-    let elapsed = started.elapsed();
-    app.metrics.request(route.map_or(metrics::UNMATCHED, |r| r.name()), status, elapsed);
     let level = failure.as_ref().map_or(Level::Info, ApiError::log_level);
     if !app.log.enabled(level) {
         return;
     }
-    let (route, user, us) = (OrDash(route.map(|r: Route| r.name())), OrDash(user_id), elapsed.as_micros());
+    let (route, user, us) = (OrDash(route.map(|r: Route| r.name())), OrDash(user_id), started.elapsed().as_micros());
     let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
         ("req", &request_id),
         ("method", &method),
