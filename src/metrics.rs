@@ -153,10 +153,10 @@ impl RouteStats {
 pub struct Metrics {
     /// Keyed by route pattern; one short lock per request.
     requests: Mutex<BTreeMap<&'static str, RouteStats>>,
-    /// HTTP workers handling a request now.
-    pub busy_workers: Gauge,
-    /// WebSockets upgraded and not yet closed.
-    pub ws_open: Gauge,
+    /// HTTP workers handling a request now (`busy`).
+    busy_workers: Gauge,
+    /// WebSockets upgraded and not yet closed (`ws_opened`, `ws_closed`).
+    ws_open: Gauge,
     /// Frames written whole to a WebSocket.
     pub ws_frames_delivered: Counter,
     /// Frames not queued because the connection's queue was full (it is then closed with 4008).
