@@ -20,6 +20,7 @@ use crate::http::{self, Body, Query};
 use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::log::Log;
+use crate::metrics::Metrics;
 use crate::model::{Event, Live, Session, SessionId, UserId};
 use crate::notify::{self, Notifier, Signal};
 use crate::presence::Presence;
@@ -54,6 +55,8 @@ pub struct App {
     pub sessions: Arc<SessionCache>,
     /// Session ends waiting for the other processes to confirm (`confirm.rs`).
     pub confirmations: Arc<Confirmations>,
+    /// What `GET /metrics` shows (`metrics.rs`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -61,6 +64,7 @@ impl App {
     /// once, and to other processes as `(chat_id, seq)` through the notifier.
     /// Called after the transaction commits, never inside it.
     pub fn publish(&self, events: &[Event]) {
+        self.metrics.events_published.add(events.len() as u64);
         for event in events {
             self.notifier.signal(Signal::Event { chat_id: event.chat_id, seq: event.seq, added: event.joins() });
             self.hub.event(event.clone());

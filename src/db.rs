@@ -9,8 +9,10 @@
 //! retry, and a database that stopped answering costs `VALIDATE_TIMEOUT`
 //! and a `503`, not a hang. Connecting is bounded as a whole (`CONNECT_DEADLINE`),
 //! not just its socket. SECURITY.md, "Faults", has the bounds and their limits.
+//! Failures and replaced connections are counted in the process's `Metrics`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
@@ -18,6 +20,7 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
 use crate::error::{describe, ApiError};
+use crate::metrics::{DbError, Metrics};
 
 /// The server-side limits every connection runs under, and no JIT: every
 /// statement here is short, and PostgreSQL compiles one whose estimated cost
@@ -44,13 +47,25 @@ pub struct Db {
     /// A connection attempt that outlived its deadline, picked up by the next
     /// use instead of starting another, so a frozen server costs one thread.
     connecting: Option<Receiver<Result<Client, postgres::Error>>>,
+    metrics: Arc<Metrics>,
+    /// Whether a connection was ever opened: the next one is a reconnect.
+    connected_before: bool,
 }
 
 impl Db {
     /// Prepares a connection's settings; connects lazily on first use.
-    pub fn new(url: &str) -> Result<Db, String> {
+    /// Failures and reconnects are counted in `metrics`.
+    pub fn new(url: &str, metrics: &Arc<Metrics>) -> Result<Db, String> {
         let config = connection_config(url)?;
-        Ok(Db { config, client: None, statements: HashMap::new(), check: false, connecting: None })
+        Ok(Db {
+            config,
+            client: None,
+            statements: HashMap::new(),
+            check: false,
+            connecting: None,
+            metrics: metrics.clone(),
+            connected_before: false,
+        })
     }
 
     /// Starts a unit of work: its first use of the connection checks it.
@@ -69,7 +84,7 @@ impl Db {
             self.client = Some(self.connect(CONNECT_DEADLINE)?);
         }
         let client = self.client.as_mut().expect("connected just above");
-        Ok(Sql { client, statements: &mut self.statements })
+        Ok(Sql { client, statements: &mut self.statements, metrics: &self.metrics })
     }
 
     /// Whether the database answers a round trip within `within`, connecting
@@ -93,6 +108,7 @@ impl Db {
         match client.is_valid(within) {
             Ok(()) => Ok(()),
             Err(error) if started.elapsed() >= within => {
+                self.metrics.db_error(DbError::Timeout);
                 self.disconnect();
                 Err(ApiError::unavailable(format!(
                     "the database did not answer within {within:?}: {}",
@@ -106,9 +122,20 @@ impl Db {
         }
     }
 
+    /// Connects within `within`, counting a failure or a reconnect.
+    fn connect(&mut self, within: Duration) -> Result<Client, ApiError> {
+        let connected = self.try_connect(within);
+        match &connected {
+            Ok(_) if std::mem::replace(&mut self.connected_before, true) => self.metrics.db_reconnects.inc(),
+            Ok(_) => {}
+            Err(_) => self.metrics.db_error(DbError::Connect),
+        }
+        connected
+    }
+
     /// Connects within `within`, on a thread of its own so the wait is
     /// bounded even when the server accepts the socket and then says nothing.
-    fn connect(&mut self, within: Duration) -> Result<Client, ApiError> {
+    fn try_connect(&mut self, within: Duration) -> Result<Client, ApiError> {
         let attempt = match self.connecting.take() {
             Some(attempt) => attempt,
             None => {
@@ -139,9 +166,10 @@ impl Db {
         work: impl FnOnce(&mut Sql<'_, Transaction<'_>>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let sql = self.sql()?;
-        let mut tx = sql.client.transaction()?;
-        let value = work(&mut Sql { client: &mut tx, statements: sql.statements })?;
-        tx.commit()?;
+        let metrics = sql.metrics;
+        let mut tx = counted(metrics, sql.client.transaction())?;
+        let value = work(&mut Sql { client: &mut tx, statements: sql.statements, metrics })?;
+        counted(metrics, tx.commit())?;
         Ok(value)
     }
 
@@ -185,6 +213,25 @@ pub fn connection_config(url: &str) -> Result<postgres::Config, String> {
 pub struct Sql<'a, C> {
     client: &'a mut C,
     statements: &'a mut Statements,
+    metrics: &'a Metrics,
+}
+
+/// Passes `result` on, counting its error unless the request caused it.
+fn counted<T>(metrics: &Metrics, result: Result<T, postgres::Error>) -> Result<T, postgres::Error> {
+    if let Err(error) = &result {
+        if is_failure(error.code().map(|state| state.code())) {
+            metrics.db_error(DbError::Statement);
+        }
+    }
+    result
+}
+
+/// Whether an error with this SQLSTATE is the database failing rather than
+/// the request: an integrity constraint violation (class 23, a username
+/// taken, a `client_id` used twice) is what `store.rs` answers as `409`, and
+/// counts as no database error.
+fn is_failure(sqlstate: Option<&str>) -> bool {
+    !sqlstate.is_some_and(|code| code.starts_with("23"))
 }
 
 impl<C: GenericClient> Sql<'_, C> {
@@ -197,14 +244,14 @@ impl<C: GenericClient> Sql<'_, C> {
         if let Some(statement) = self.statements.get(query) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(query)?;
+        let statement = counted(self.metrics, self.client.prepare(query))?;
         self.statements.insert(query, statement.clone());
         Ok(statement)
     }
 
     pub fn query(&mut self, query: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
         let statement = self.prepared(query)?;
-        self.client.query(&statement, params)
+        counted(self.metrics, self.client.query(&statement, params))
     }
 
     pub fn query_opt(
@@ -213,16 +260,35 @@ impl<C: GenericClient> Sql<'_, C> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, postgres::Error> {
         let statement = self.prepared(query)?;
-        self.client.query_opt(&statement, params)
+        counted(self.metrics, self.client.query_opt(&statement, params))
     }
 
     pub fn query_one(&mut self, query: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
         let statement = self.prepared(query)?;
-        self.client.query_one(&statement, params)
+        counted(self.metrics, self.client.query_one(&statement, params))
     }
 
     pub fn execute(&mut self, query: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
         let statement = self.prepared(query)?;
-        self.client.execute(&statement, params)
+        counted(self.metrics, self.client.execute(&statement, params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraint_violations_are_the_requests_and_the_rest_are_failures() {
+        for (sqlstate, failure) in [
+            (Some("23505"), false),
+            (Some("23503"), false),
+            (Some("57014"), true),
+            (Some("55P03"), true),
+            (Some("42P01"), true),
+            (None, true),
+        ] {
+            assert_eq!(is_failure(sqlstate), failure, "{sqlstate:?}");
+        }
     }
 }

@@ -30,6 +30,11 @@ impl Reply {
         Reply { status, body, headers: Vec::new() }
     }
 
+    /// A body that is not JSON, with its `Content-Type`.
+    pub fn text(status: u16, content_type: &str, body: String) -> Reply {
+        Reply { status, body: body.into_bytes(), headers: vec![("Content-Type", content_type.to_string())] }
+    }
+
     pub fn no_content() -> Reply {
         Reply { status: 204, body: Vec::new(), headers: Vec::new() }
     }

@@ -27,6 +27,7 @@ use crate::directory::{Action, Directory, Reader};
 use crate::error::ApiError;
 use crate::jobs::Jobs;
 use crate::log::{Field, Log};
+use crate::metrics::Metrics;
 use crate::model::{ChatId, Event, EventFrame, EventKind, Live, Payload, SessionId, UserId};
 use crate::notify::Notifier;
 use crate::store;
@@ -65,18 +66,24 @@ pub enum Out {
 pub struct Queue {
     sender: Sender<Out>,
     limit: usize,
+    /// Where a frame refused for a full queue is counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Queue {
-    pub fn new(limit: usize) -> (Queue, Receiver<Out>) {
+    pub fn new(limit: usize, metrics: Arc<Metrics>) -> (Queue, Receiver<Out>) {
         let (sender, receiver) = unbounded();
-        (Queue { sender, limit }, receiver)
+        (Queue { sender, limit, metrics }, receiver)
     }
 
-    /// Queues a frame unless `limit` frames wait already; `false` means the
-    /// connection is lagging.
+    /// Queues a frame unless `limit` frames wait already (counted as
+    /// dropped); `false` means the connection is lagging.
     pub fn offer(&self, frame: Arc<[u8]>) -> bool {
-        self.sender.len() < self.limit && self.sender.send(Out::Frame(frame)).is_ok()
+        if self.sender.len() >= self.limit {
+            self.metrics.ws_frames_dropped.inc();
+            return false;
+        }
+        self.sender.send(Out::Frame(frame)).is_ok()
     }
 
     /// Makes the writer look at its connection's close flag.
@@ -149,7 +156,13 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the watched hub thread.
-    pub fn start(jobs: Jobs, notifier: Notifier, log: Log, watch: &Watch) -> Result<Hub, String> {
+    pub fn start(
+        jobs: Jobs,
+        notifier: Notifier,
+        log: Log,
+        metrics: Arc<Metrics>,
+        watch: &Watch,
+    ) -> Result<Hub, String> {
         let (inbox, messages) = unbounded();
         let hub = Hub { inbox };
         let now = Instant::now();
@@ -158,6 +171,7 @@ impl Hub {
             jobs,
             notifier,
             log,
+            metrics,
             directory: Directory::default(),
             conns: HashMap::new(),
             next_last_seq_check: now + LAST_SEQ_CHECK,
@@ -257,6 +271,8 @@ struct State {
     /// Typing frames, checked here, go on to other processes from here.
     notifier: Notifier,
     log: Log,
+    /// Counts events read from the table and last seq checks.
+    metrics: Arc<Metrics>,
     directory: Directory,
     conns: HashMap<ConnId, Conn>,
     next_last_seq_check: Instant,
@@ -305,6 +321,7 @@ impl State {
             Msg::RemoteEvent { chat_id, seq, added } => self.directory.announce(chat_id, seq, added, now),
             Msg::Fetched { reader, chat_id, events } => {
                 let events = self.read_outcome("a chat's events", events);
+                self.metrics.events_fetched.add(events.as_ref().map_or(0, |events| events.len() as u64));
                 self.directory.fetched(reader, chat_id, events.map(|e| e.into_iter().map(Arc::new).collect()), now)
             }
             Msg::LastSeqs(last_seqs) => {
@@ -446,6 +463,9 @@ impl State {
             move |db| store::list_last_seqs(&mut db.sql()?, &followed),
             move |last_seqs| hub.send(Msg::LastSeqs(last_seqs)),
         );
+        if self.checking_last_seqs {
+            self.metrics.last_seq_checks.inc();
+        }
     }
 
     /// Asks the database which sessions of open connections still live, on a

@@ -6,6 +6,7 @@
 //! The queue is bounded, so a burst fails fast (`503`) instead of growing.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -13,6 +14,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::log::Log;
+use crate::metrics::Metrics;
 use crate::watch::{panic_message, Watch};
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
@@ -28,10 +30,16 @@ pub struct Jobs {
 
 impl Jobs {
     /// Starts `threads` watched threads, each with its own connection to `database_url`.
-    pub fn start(database_url: &str, threads: usize, log: Log, watch: &Watch) -> Result<Jobs, String> {
+    pub fn start(
+        database_url: &str,
+        threads: usize,
+        log: Log,
+        metrics: &Arc<Metrics>,
+        watch: &Watch,
+    ) -> Result<Jobs, String> {
         let (queue, jobs) = bounded::<Job>(QUEUE);
         for idx in 0..threads {
-            let mut db = Db::new(database_url)?;
+            let mut db = Db::new(database_url, metrics)?;
             let jobs: Receiver<Job> = jobs.clone();
             let thread = format!("db-job-{idx}");
             watch.spawn(&thread.clone(), move || {

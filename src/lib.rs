@@ -16,6 +16,7 @@ mod ratelimit;
 mod forwarded;
 mod confirm;
 mod words;
+mod metrics;
 pub mod config;
 mod db;
 mod router;
@@ -54,7 +55,7 @@ mod tests {
     /// layers below its own, so no two modules import each other, however
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 12] = [
-        &["model", "log", "ratelimit", "forwarded", "confirm", "words"],
+        &["model", "log", "ratelimit", "forwarded", "confirm", "words", "metrics"],
         &["error", "watch", "sequencer", "session_cache", "reactions"],
         &["db", "router", "http", "directory"],
         &["store", "migrate"],

@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::db::Db;
 use crate::log::Log;
+use crate::metrics::Metrics;
 use crate::model::{ChatId, Live, SessionId, UserId};
 use crate::store;
 use crate::watch::Watch;
@@ -156,12 +157,13 @@ impl Notifier {
         database_url: &str,
         process_id: i64,
         log: Log,
+        metrics: &Arc<Metrics>,
         watch: &Watch,
         silent: bool,
     ) -> Result<Notifier, String> {
         let (queue, signals) = bounded(QUEUE);
         let overflowed = Arc::new(AtomicBool::new(false));
-        let db = Db::new(database_url)?;
+        let db = Db::new(database_url, metrics)?;
         let lost = overflowed.clone();
         watch.spawn("notifier", move || match silent {
             false => send_batches(db, process_id, &signals, &lost, log),

@@ -18,6 +18,7 @@ use crate::db::Db;
 use crate::error::ApiError;
 use crate::hub::{ConnId, Hub};
 use crate::log::Log;
+use crate::metrics::Metrics;
 use crate::model::{ChatId, UserId};
 use crate::notify::{Notifier, Signal};
 use crate::store;
@@ -158,16 +159,16 @@ pub fn start(presence: Arc<Presence>, mut db: Db, stop: Stop, watch: &Watch) -> 
 }
 
 /// Registers a process before it serves, so its first presence rows count.
-pub fn register_process(database_url: &str, process_id: i64) -> Result<(), String> {
-    let mut db = Db::new(database_url)?;
+pub fn register_process(database_url: &str, process_id: i64, metrics: &Arc<Metrics>) -> Result<(), String> {
+    let mut db = Db::new(database_url, metrics)?;
     db.sql()
         .and_then(|mut sql| store::beat_process(&mut sql, process_id))
         .map_err(|error| format!("cannot record this process in server_processes: {error}"))
 }
 
 /// Removes a process's rows, so its users go offline at once.
-pub fn forget_process(database_url: &str, process_id: i64) {
-    if let Ok(mut db) = Db::new(database_url) {
+pub fn forget_process(database_url: &str, process_id: i64, metrics: &Arc<Metrics>) {
+    if let Ok(mut db) = Db::new(database_url, metrics) {
         let _ = db.sql().and_then(|mut sql| store::delete_process(&mut sql, process_id));
     }
 }

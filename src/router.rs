@@ -18,6 +18,7 @@ pub type EmojiSegment = Result<Emoji, BadEmoji>;
 pub enum Route {
     Healthz,
     Readyz,
+    Metrics,
     WsOnHttpPort,
     CreateUser,
     SearchUsers,
@@ -56,12 +57,13 @@ pub enum Route {
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 35] {
+    pub fn all() -> [Route; 36] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         let emoji = Emoji::decode("%F0%9F%91%8D");
         [
             Route::Healthz,
             Route::Readyz,
+            Route::Metrics,
             Route::WsOnHttpPort,
             Route::CreateUser,
             Route::SearchUsers,
@@ -104,6 +106,7 @@ impl Route {
         match self {
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
+            Route::Metrics => "GET /metrics",
             Route::WsOnHttpPort => "GET /ws",
             Route::CreateUser => "POST /api/users",
             Route::SearchUsers => "GET /api/users",
@@ -148,6 +151,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
     let choices: Vec<(&str, Route)> = match segments.as_slice() {
         ["healthz"] => vec![("GET", Route::Healthz)],
         ["readyz"] => vec![("GET", Route::Readyz)],
+        ["metrics"] => vec![("GET", Route::Metrics)],
         ["ws"] => vec![("GET", Route::WsOnHttpPort)],
         ["api", "users"] => vec![("GET", Route::SearchUsers), ("POST", Route::CreateUser)],
         ["api", "users", "me"] => vec![("GET", Route::GetMe)],
@@ -221,6 +225,7 @@ mod tests {
     fn paths_match_routes_with_typed_ids() {
         let table = [
             ("GET", "/healthz", Route::Healthz),
+            ("GET", "/metrics", Route::Metrics),
             ("GET", "/api/users?q=al", Route::SearchUsers),
             ("GET", "/api/users/me", Route::GetMe),
             ("GET", "/api/users/42", Route::GetUser(UserId(42))),

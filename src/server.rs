@@ -31,6 +31,7 @@ use crate::legacy;
 use crate::listen;
 use crate::log::{Level, Log, OrDash};
 use crate::messages;
+use crate::metrics::{self, Metrics};
 use crate::migrate;
 use crate::model::EventKind;
 use crate::notify::Notifier;
@@ -110,10 +111,10 @@ impl Drop for Running {
         }
         wait_until(deadline, || self.sockets.open() == 0);
         let (url, process_id) = (self.app.config.database_url.clone(), self.process_id);
-        if let Ok(forgetting) = std::thread::Builder::new()
-            .name("forget-process".into())
-            .spawn(move || presence::forget_process(&url, process_id))
-        {
+        if let Ok(forgetting) = std::thread::Builder::new().name("forget-process".into()).spawn({
+            let metrics = self.app.metrics.clone();
+            move || presence::forget_process(&url, process_id, &metrics)
+        }) {
             wait_until(deadline.max(Instant::now() + FORGET_AT_LEAST), || forgetting.is_finished());
         }
         let open_sockets = self.sockets.open();
@@ -180,12 +181,13 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let stop = Stop::default();
     let (watch, deaths) = Watch::new(stop.clone(), log, config.fault.clone());
     let url = &config.database_url;
-    let jobs = Jobs::start(url, (config.workers / 2).max(2), log, &watch)?;
+    let metrics = Arc::new(Metrics::default());
+    let jobs = Jobs::start(url, (config.workers / 2).max(2), log, &metrics, &watch)?;
     let silent = config.fault.as_deref() == Some("silent-notifier");
-    let notifier = Notifier::start(url, process_id, log, &watch, silent)?;
-    let hub = Hub::start(jobs.clone(), notifier.clone(), log, &watch)?;
+    let notifier = Notifier::start(url, process_id, log, &metrics, &watch, silent)?;
+    let hub = Hub::start(jobs.clone(), notifier.clone(), log, metrics.clone(), &watch)?;
     let presence = Arc::new(Presence::new(process_id, hub.clone(), notifier.clone(), log));
-    presence::register_process(url, process_id)?;
+    presence::register_process(url, process_id, &metrics)?;
     let sessions = Arc::new(SessionCache::default());
     let confirmations = Arc::new(Confirmations::default());
     let recipients = listen::Recipients {
@@ -194,8 +196,8 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         sessions: sessions.clone(),
         confirmations: confirmations.clone(),
     };
-    listen::start(Db::new(url)?, process_id, recipients, stop.clone(), log, &watch)?;
-    presence::start(presence.clone(), Db::new(url)?, stop.clone(), &watch)?;
+    listen::start(Db::new(url, &metrics)?, process_id, recipients, stop.clone(), log, &watch)?;
+    presence::start(presence.clone(), Db::new(url, &metrics)?, stop.clone(), &watch)?;
     let app = Arc::new(App {
         log,
         limits: Limits::new(&config),
@@ -208,6 +210,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
         stop,
         sessions,
         confirmations,
+        metrics,
         process_id,
         config,
     });
@@ -215,7 +218,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
     let mut workers = Vec::new();
     for idx in 0..app.config.workers {
         let (http, app) = (http.clone(), app.clone());
-        let mut db = Db::new(&app.config.database_url)?;
+        let mut db = Db::new(&app.config.database_url, &app.metrics)?;
         let worker = watch.spawn(&format!("http-{idx}"), move || {
             while !app.stop.is_set() {
                 match http.recv_timeout(RECV_TICK) {
@@ -254,6 +257,7 @@ pub fn start(config: Config, http_listener: TcpListener, ws_listener: TcpListene
 /// One request, start to finish. Never panics out: the worker lives on.
 fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
     let started = Instant::now();
+    let _busy = app.metrics.busy();
     let request_id = request_id(http::header(&request, "X-Request-Id"));
     let method = request.method().as_str().to_string();
     let mut route = None;
@@ -273,6 +277,9 @@ fn handle(app: &App, db: &mut Db, mut request: tiny_http::Request) {
     }
     let status = reply.status;
     let path: String = request.url().split('?').next().unwrap_or("").chars().take(200).collect();
+    // Counted before the answer goes out, so a client that reads it and then
+    // scrapes `/metrics` finds its request there.
+    app.metrics.request(route.map_or(metrics::UNMATCHED, |r| r.name()), status, started.elapsed());
     let _ = request.respond(tiny_response(reply, &request_id));
     let level = failure.as_ref().map_or(Level::Info, ApiError::log_level);
     if !app.log.enabled(level) {
@@ -314,6 +321,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
     match route {
         Route::Healthz => return ops::healthz(),
         Route::Readyz => return ops::readyz(ctx),
+        Route::Metrics => return ops::metrics(&ctx.app.metrics),
         Route::WsOnHttpPort => return Err(ApiError::UpgradeRequired { ws_url: ctx.app.ws_url.clone() }),
         Route::CreateUser => return accounts::create_user(ctx),
         Route::CreateSession => return accounts::create_session(ctx),
@@ -358,6 +366,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::LegacyListChats => legacy::list_chats(ctx, user_id),
         Route::Healthz
         | Route::Readyz
+        | Route::Metrics
         | Route::WsOnHttpPort
         | Route::CreateUser
         | Route::CreateSession
@@ -368,10 +377,11 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
 
 /// The reply as tiny_http writes it, with its request id.
 pub(crate) fn tiny_response(reply: Reply, request_id: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let has_body = !reply.body.is_empty();
+    // A body is JSON unless the reply names its type (`Reply::text`).
+    let json_body = !reply.body.is_empty() && !reply.headers.iter().any(|(name, _)| *name == "Content-Type");
     let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
     response.add_header(header("X-Request-Id", request_id));
-    if has_body {
+    if json_body {
         response.add_header(header("Content-Type", "application/json"));
     }
     for (name, value) in &reply.headers {

@@ -33,6 +33,7 @@ use crate::http::{self, Body, Query};
 use crate::hub::{self, ConnShared, Out, Protocol, Queue, Registration};
 use crate::log::{self, Level};
 use crate::messages::{self, Draft, Sent};
+use crate::metrics::{Metrics, WsEnd};
 use crate::model::{ChatId, Session, UserId};
 use crate::ratelimit::{Held, TokenBucket};
 use crate::store;
@@ -193,7 +194,7 @@ fn serve(slot: Arc<Slot>, stream: TcpStream, handshaking: Option<Held<String>>) 
     let stream = Arc::new(stream);
     let write_half = stream.clone();
     let conn = slot.endpoint.next_conn.fetch_add(1, Ordering::SeqCst);
-    let (queue, frames) = Queue::new(app.config.ws_queue);
+    let (queue, frames) = Queue::new(app.config.ws_queue, app.metrics.clone());
     let shared = Arc::new(ConnShared::default());
     let (socket, opened) = handshake(app, stream, conn, &queue, &shared);
     drop(handshaking);
@@ -201,18 +202,21 @@ fn serve(slot: Arc<Slot>, stream: TcpStream, handshaking: Option<Held<String>>) 
     let _places = std::mem::take(&mut opened.places);
     let (user_id, protocol) = (opened.session.user.id, opened.protocol);
     if let Some(mut socket) = socket {
+        app.metrics.ws_opened();
         socket.get_mut().replies = Some(queue.clone());
         let writer = {
-            let (shared, slot) = (shared.clone(), slot.clone());
+            let (shared, slot, metrics) = (shared.clone(), slot.clone(), app.metrics.clone());
             std::thread::Builder::new().name("ws-write".into()).stack_size(STACK_SIZE).spawn(move || {
-                write(write_half, &frames, &shared);
+                write(write_half, &frames, &shared, &metrics);
                 drop(slot);
             })
         };
+        let mut client_closed = false;
         if writer.is_ok() {
             subscribe(app, conn, opened, &queue);
-            read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
+            client_closed = read(app, &mut socket, conn, user_id, protocol, &queue, &shared);
         }
+        app.metrics.ws_closed(WsEnd::of(shared.close_code(), client_closed));
     }
     close(app, conn, user_id, &queue, &shared);
 }
@@ -424,6 +428,7 @@ fn reject(error: &ApiError) -> ErrorResponse {
 }
 
 /// The reader's loop: client frames in, answers queued for the writer.
+/// Returns whether the client sent a close frame.
 fn read(
     app: &Arc<App>,
     socket: &mut WebSocket<ReadSide>,
@@ -432,7 +437,8 @@ fn read(
     protocol: Protocol,
     queue: &Queue,
     shared: &ConnShared,
-) {
+) -> bool {
+    let mut client_closed = false;
     let mut last_heard = Instant::now();
     let mut last_typing = HashMap::new();
     let mut frame_budget = app.limits.ws_frames.map(|rate| (rate, TokenBucket::full(rate, last_heard)));
@@ -468,6 +474,7 @@ fn read(
                     shared.close(u16::from(CloseCode::Policy));
                 }
             }
+            Ok(Message::Close(_)) => client_closed = true,
             Ok(_) => last_heard = Instant::now(),
             Err(WsError::Io(error)) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
@@ -477,9 +484,10 @@ fn read(
             Err(WsError::Capacity(_)) => shared.close(u16::from(CloseCode::Size)),
             Err(WsError::Utf8(_)) => shared.close(u16::from(CloseCode::Invalid)),
             Err(WsError::Protocol(_)) => shared.close(u16::from(CloseCode::Protocol)),
-            Err(_) => return,
+            Err(_) => break,
         }
     }
+    client_closed
 }
 
 /// Answers one frame of the current protocol; `None` when nothing is owed.
@@ -581,9 +589,9 @@ fn answer_seed(
     })
 }
 
-/// The writer's loop: whole frames out, a ping every `PING_EVERY`, and the
-/// close frame when asked.
-fn write(socket: Arc<TcpStream>, frames: &Receiver<Out>, shared: &ConnShared) {
+/// The writer's loop: whole frames out (each counted as delivered), a ping
+/// every `PING_EVERY`, and the close frame when asked.
+fn write(socket: Arc<TcpStream>, frames: &Receiver<Out>, shared: &ConnShared, metrics: &Metrics) {
     let mut stream = &*socket;
     let mut last_ping = Instant::now();
     loop {
@@ -596,6 +604,7 @@ fn write(socket: Arc<TcpStream>, frames: &Receiver<Out>, shared: &ConnShared) {
                         if stream.write_all(&bytes).is_err() {
                             break;
                         }
+                        metrics.ws_frames_delivered.inc();
                     }
                 }
                 break;
@@ -608,7 +617,7 @@ fn write(socket: Arc<TcpStream>, frames: &Receiver<Out>, shared: &ConnShared) {
         }
         let wait = PING_EVERY.saturating_sub(last_ping.elapsed());
         let written = match frames.recv_timeout(wait) {
-            Ok(Out::Frame(bytes)) => stream.write_all(&bytes),
+            Ok(Out::Frame(bytes)) => stream.write_all(&bytes).map(|()| metrics.ws_frames_delivered.inc()),
             Ok(Out::Wake) => Ok(()),
             Err(RecvTimeoutError::Timeout) => {
                 last_ping = Instant::now();

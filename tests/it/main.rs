@@ -15,6 +15,8 @@ mod sessions;
 // Contract sections 1 and 7: healthz, readyz, 404/405, the `/ws` 426 on the
 // HTTP port, and the transport limits (Content-Type, body size, JSON).
 mod ops;
+// Contract section 7's `/metrics`: the whole exposition through a strict parser, and counters that move.
+mod metrics;
 // Contract section 3: creating groups and direct chats, listing, renaming, members.
 mod chats;
 // Contract section 4: sending, client_id retries, history cursors, edits, deletes, read markers.
