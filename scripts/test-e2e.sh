@@ -34,6 +34,7 @@ if ((${#packages[@]} > 0)); then
 fi
 command -v npm >/dev/null || {
     log "installing npm"
+    as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm
 }
 modules=.data/e2e
