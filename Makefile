@@ -104,6 +104,13 @@ fuzz:
 	    -print_final_stats=1
 	done
 
+# The web client in headless Chromium: two users, live delivery, unread badge, reply, reaction, search,
+# reload, and a reconnect that catches up; screenshots into docs/img/ (scripts/test-e2e.sh installs
+# chromium and playwright-core if missing, and starts its own throwaway PostgreSQL).
+.PHONY: test-e2e
+test-e2e:
+	scripts/test-e2e.sh
+
 # Format the code in place.
 fmt:
 	$(CARGO) fmt

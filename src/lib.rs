@@ -41,6 +41,7 @@ mod messages;
 mod search;
 mod events;
 mod ops;
+mod webclient;
 mod legacy;
 mod ws;
 pub mod server;
@@ -63,7 +64,7 @@ mod tests {
         &["hub"],
         &["listen", "presence"],
         &["app"],
-        &["accounts", "chats", "messages", "search", "events", "ops"],
+        &["accounts", "chats", "messages", "search", "events", "ops", "webclient"],
         &["legacy", "ws"],
         &["server"],
         &["fuzzing"],

@@ -52,12 +52,13 @@ pub enum Route {
     LegacyCreateChat,
     LegacyListMessages(ChatId),
     LegacyListChats,
+    WebClient,
 }
 
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 36] {
+    pub fn all() -> [Route; 37] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         let emoji = Emoji::decode("%F0%9F%91%8D");
         [
@@ -97,6 +98,7 @@ impl Route {
             Route::LegacyCreateChat,
             Route::LegacyListMessages(chat),
             Route::LegacyListChats,
+            Route::WebClient,
         ]
     }
 
@@ -140,6 +142,7 @@ impl Route {
             Route::LegacyCreateChat => "POST /chat/message",
             Route::LegacyListMessages(_) => "GET /chat/messages/{id}",
             Route::LegacyListChats => "GET /chat/user",
+            Route::WebClient => "GET /",
         }
     }
 }
@@ -172,6 +175,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
         ["chat", "message"] => vec![("POST", Route::LegacyCreateChat)],
         ["chat", "messages", id] => vec![("GET", Route::LegacyListMessages(ChatId(id_from(id)?)))],
         ["chat", "user"] => vec![("GET", Route::LegacyListChats)],
+        [""] => vec![("GET", Route::WebClient)],
         _ => return Err(ApiError::NotFound),
     };
     match choices.iter().find(|(m, _)| *m == method) {
@@ -250,6 +254,7 @@ mod tests {
             ("PUT", "/api/chats/7/messages/3/reactions/", Route::AddReaction(ChatId(7), MessageId(3), Err(BadEmoji))),
             ("GET", "/api/search?q=lunch&chat_id=7", Route::SearchMessages),
             ("GET", "/chat/messages/5", Route::LegacyListMessages(ChatId(5))),
+            ("GET", "/?from=bookmark", Route::WebClient),
         ];
         for (method, url, expected) in table {
             assert_eq!(route(method, url).unwrap(), expected, "{method} {url}");
@@ -282,7 +287,8 @@ mod tests {
             "/api/chats/1/nope",
             "/api/chats/1/messages/x/reactions/a",
             "/api/chats/1/messages/1/reactions/a/b",
-            "/",
+            "//",
+            "/index.html",
         ] {
             assert!(matches!(route("GET", url), Err(ApiError::NotFound)), "{url}");
         }
@@ -309,6 +315,7 @@ mod tests {
             ("GET", "/api/sessions/current", "DELETE"),
             ("GET", "/api/sessions/5", "DELETE"),
             ("POST", "/api/users/me/password", "PUT"),
+            ("POST", "/", "GET"),
         ];
         for (method, url, expected) in table {
             match route(method, url) {

@@ -41,6 +41,7 @@ use crate::router::{self, Route};
 use crate::search;
 use crate::session_cache::SessionCache;
 use crate::watch::{panic_message, Stop, Watch};
+use crate::webclient;
 use crate::ws;
 
 /// A started server. Dropping it stops the server: workers finish their
@@ -327,6 +328,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::CreateSession => return accounts::create_session(ctx),
         Route::LegacySignup => return legacy::signup(ctx),
         Route::LegacyLogin => return legacy::login(ctx),
+        Route::WebClient => return webclient::get_web_client(),
         _ => {}
     }
     let session = ctx.authenticate()?;
@@ -371,7 +373,8 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         | Route::CreateUser
         | Route::CreateSession
         | Route::LegacySignup
-        | Route::LegacyLogin => unreachable!("public routes are answered above"),
+        | Route::LegacyLogin
+        | Route::WebClient => unreachable!("public routes are answered above"),
     }
 }
 

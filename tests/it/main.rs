@@ -60,3 +60,5 @@ mod proxy;
 mod soak;
 // The fuzz targets' findings and seeds (fuzz/), replayed through `messaging::fuzzing`.
 mod fuzz;
+// Contract section 7's `GET /`: the web client's page, its security headers, nothing loaded from elsewhere.
+mod webclient;

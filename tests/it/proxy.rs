@@ -95,10 +95,17 @@ fn honest_requests_websockets_and_the_web_client_work_through_nginx() {
         ws.ping_pong(SOON, "through nginx");
     }
 
-    // The web client's files at /, and nothing else of the server's.
-    let index = via.get("/", None);
-    index.assert_status(200, "GET / through nginx");
-    assert_eq!(index.text(), INDEX_HTML, "GET / is the static root's index.html");
+    // The web client at / from the server, other static files from nginx's root, and nothing else of the server's.
+    let client = via.get("/", None);
+    client.assert_status(200, "GET / through nginx");
+    assert!(from_the_server(&client), "GET / through nginx is the server's web client:\n{}", client.describe());
+    assert!(client.header("Content-Security-Policy").is_some(), "{}", client.describe());
+    // The page's probe: behind nginx, GET /ws is the WebSocket listener's, never the HTTP port's 426.
+    let probe = via.get("/ws", None);
+    assert_ne!(probe.status, 426, "GET /ws through nginx reached the HTTP port:\n{}", probe.describe());
+    let index = via.get("/index.html", None);
+    index.assert_status(200, "GET /index.html through nginx");
+    assert_eq!(index.text(), INDEX_HTML, "GET /index.html is the static root's");
     let metrics = via.get("/metrics", None);
     check_error(&metrics, 404, "not_found", None);
     assert!(!from_the_server(&metrics), "nginx passed /metrics to the server:\n{}", metrics.describe());
