@@ -105,8 +105,9 @@ fuzz:
 	done
 
 # The web client in headless Chromium: two users, live delivery, unread badge, reply, reaction, search,
-# reload, and a reconnect that catches up; screenshots into docs/img/ (scripts/test-e2e.sh installs
-# chromium and playwright-core if missing, and starts its own throwaway PostgreSQL).
+# reload, and a reconnect that catches up; screenshots into .data/e2e/shots/ (SHOTS=docs/img refreshes
+# the README's). scripts/test-e2e.sh installs chromium and playwright-core if missing, and starts its
+# own throwaway PostgreSQL.
 .PHONY: test-e2e
 test-e2e:
 	scripts/test-e2e.sh

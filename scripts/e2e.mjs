@@ -2,7 +2,7 @@
 // starts PostgreSQL). Two server processes share the database: the pages talk to the first, and the
 // second is how a message is committed while the first is down, so reconnecting must catch up from
 // /events. Two browser contexts, one desktop and one phone-sized, are two users. Screenshots go to
-// docs/img/. Every wait has a deadline; any failure exits non-zero with the step that failed.
+// $SHOTS (.data/e2e/shots/ unless set). Every wait has a deadline; any failure exits non-zero with the step that failed.
 //
 // Environment: BIN (the release binary), DATABASE_URL, NODE_PATH (where playwright-core is).
 import { spawn } from "node:child_process";
@@ -15,7 +15,10 @@ const { chromium } = require("playwright-core");
 
 const BIN = process.env.BIN;
 const DATABASE_URL = process.env.DATABASE_URL;
-const SHOTS = process.env.SHOTS || "docs/img";
+const SHOTS = process.env.SHOTS || ".data/e2e/shots";
+/** Every server this script started, killed when it exits however it exits. */
+const children = new Set();
+process.on("exit", () => children.forEach((child) => child.kill("SIGKILL")));
 const WAIT = 15000;
 const PASSWORD = "correct horse battery";
 
@@ -53,10 +56,13 @@ class Server {
       LOG: "warn",
     };
     this.child = spawn(BIN, ["serve"], { env, stdio: ["ignore", "inherit", "inherit"] });
+    children.add(this.child);
+    this.child.once("error", (error) => console.error(`e2e: ${this.name}: ${error}`));
     const exited = new Promise((resolve) => this.child.once("exit", resolve));
     this.exited = exited;
     const deadline = Date.now() + WAIT;
     while (Date.now() < deadline) {
+      if (this.child.exitCode !== null) throw new Error(`${this.name} exited with ${this.child.exitCode}`);
       try {
         if ((await fetch(`${this.url}/healthz`)).ok) return;
       } catch (_) { /* not listening yet */ }
@@ -68,7 +74,9 @@ class Server {
   async stop() {
     if (!this.child || this.child.exitCode !== null) return;
     this.child.kill("SIGTERM");
+    const killed = setTimeout(() => this.child.kill("SIGKILL"), 10_000);
     await this.exited;
+    clearTimeout(killed);
   }
 }
 

@@ -3,7 +3,8 @@
 # Installs what it needs when missing: Debian's chromium (apt-get, as root or with sudo) and
 # playwright-core from npm into .data/e2e (nothing global; Playwright's own browser download is
 # never used). Builds the release binary, starts a throwaway PostgreSQL that the trap always
-# stops, and writes the screenshots to docs/img/.
+# stops, and writes the screenshots to .data/e2e/shots/ (`SHOTS=docs/img make test-e2e` refreshes
+# the README's).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,10 +39,11 @@ command -v npm >/dev/null || {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm
 }
 modules=.data/e2e
-if [[ ! -d $modules/node_modules/playwright-core ]]; then
+if ! grep -qs '"version": "1.61.1"' "$modules/node_modules/playwright-core/package.json"; then
     log "installing playwright-core into $modules"
     mkdir -p "$modules"
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$modules" --no-audit --no-fund --silent playwright-core@1
+    # Pinned: 1.61 is the newest that runs on Debian 12's Node 18 (later ones need Node 20).
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$modules" --no-audit --no-fund --silent playwright-core@1.61.1
 fi
 
 cargo build --release
@@ -55,5 +57,6 @@ DATABASE_URL=$(PG_FAST=1 scripts/pg.sh start "$pg_tmp")
 export DATABASE_URL
 "$BIN" migrate up >/dev/null
 
-mkdir -p docs/img
+export SHOTS=${SHOTS:-$modules/shots}
+mkdir -p "$SHOTS"
 BIN=$BIN NODE_PATH=$PWD/$modules/node_modules node scripts/e2e.mjs

@@ -146,13 +146,19 @@ pub fn get_me(session: &Session) -> Result<Reply, ApiError> {
 
 /// `DELETE /api/sessions/current`
 pub fn delete_current_session(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
-    ctx.app.end_sessions(ctx.db, |tx| store::delete_session(tx, session.id).map(|()| vec![session.id]))?;
+    ctx.app.end_sessions(ctx.db, |tx| {
+        lock_own_sessions(tx, session)?;
+        store::delete_session(tx, session.id).map(|()| vec![session.id])
+    })?;
     Ok(Reply::no_content())
 }
 
 /// `DELETE /api/sessions`
 pub fn delete_all_sessions(ctx: &mut Ctx, session: &Session) -> Result<Reply, ApiError> {
-    ctx.app.end_sessions(ctx.db, |tx| store::delete_user_sessions(tx, session.user.id))?;
+    ctx.app.end_sessions(ctx.db, |tx| {
+        lock_own_sessions(tx, session)?;
+        store::delete_user_sessions(tx, session.user.id)
+    })?;
     Ok(Reply::no_content())
 }
 
@@ -173,14 +179,15 @@ pub fn delete_session(ctx: &mut Ctx, session: &Session, session_id: SessionId) -
     Ok(Reply::no_content())
 }
 
-/// Locks the caller's live sessions, in id order, so that requests of one
-/// user that end sessions happen one at a time and never deadlock; `401`
-/// when the caller's own session has ended since the request was
-/// authenticated (by another such request, say), so it ends nothing.
+/// Locks the caller's user row, so that the requests of one user that end
+/// sessions happen one at a time (each locks that one row first, so they
+/// never deadlock); `401` when the caller's own session has ended since the
+/// request was authenticated (by another such request, say), so it ends nothing.
 fn lock_own_sessions(tx: &mut Sql<impl GenericClient>, session: &Session) -> Result<(), ApiError> {
-    match store::lock_user_sessions(tx, session.user.id)?.contains(&session.id) {
-        true => Ok(()),
-        false => Err(ApiError::Unauthorized),
+    store::lock_user(tx, session.user.id)?;
+    match store::find_live_sessions(tx, &[session.id])?.is_empty() {
+        true => Err(ApiError::Unauthorized),
+        false => Ok(()),
     }
 }
 

@@ -177,15 +177,6 @@ pub fn delete_other_sessions(
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Locks a user's live sessions, in id order, and returns their ids.
-pub fn lock_user_sessions(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Vec<SessionId>, ApiError> {
-    let rows = sql.query(
-        "SELECT id FROM sessions WHERE user_id = $1 AND expires_at > now() ORDER BY id FOR UPDATE",
-        &[&user_id],
-    )?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
 /// A user's stored password hash.
 pub fn find_password_hash(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<Option<String>, ApiError> {
     let row = sql.query_opt("SELECT password_hash FROM users WHERE id = $1", &[&user_id])?;
@@ -932,7 +923,7 @@ pub fn delete_process(sql: &mut Sql<impl GenericClient>, process_id: i64) -> Res
 }
 
 /// Locks a user's row, so that presence changes of one user, from any
-/// process, happen one at a time.
+/// process, happen one at a time, and so do the requests that end its sessions.
 pub fn lock_user(sql: &mut Sql<impl GenericClient>, user_id: UserId) -> Result<(), ApiError> {
     sql.execute("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE", &[&user_id])?;
     Ok(())
