@@ -18,6 +18,7 @@ pub type EmojiSegment = Result<Emoji, BadEmoji>;
 pub enum Route {
     Healthz,
     Readyz,
+    OpenApi,
     WsOnHttpPort,
     CreateUser,
     SearchUsers,
@@ -56,12 +57,13 @@ pub enum Route {
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 35] {
+    pub fn all() -> [Route; 36] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         let emoji = Emoji::decode("%F0%9F%91%8D");
         [
             Route::Healthz,
             Route::Readyz,
+            Route::OpenApi,
             Route::WsOnHttpPort,
             Route::CreateUser,
             Route::SearchUsers,
@@ -104,6 +106,7 @@ impl Route {
         match self {
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
+            Route::OpenApi => "GET /openapi.json",
             Route::WsOnHttpPort => "GET /ws",
             Route::CreateUser => "POST /api/users",
             Route::SearchUsers => "GET /api/users",
@@ -148,6 +151,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
     let choices: Vec<(&str, Route)> = match segments.as_slice() {
         ["healthz"] => vec![("GET", Route::Healthz)],
         ["readyz"] => vec![("GET", Route::Readyz)],
+        ["openapi.json"] => vec![("GET", Route::OpenApi)],
         ["ws"] => vec![("GET", Route::WsOnHttpPort)],
         ["api", "users"] => vec![("GET", Route::SearchUsers), ("POST", Route::CreateUser)],
         ["api", "users", "me"] => vec![("GET", Route::GetMe)],

@@ -313,6 +313,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
     match route {
         Route::Healthz => return ops::healthz(),
         Route::Readyz => return ops::readyz(ctx),
+        Route::OpenApi => return ops::openapi(),
         Route::WsOnHttpPort => return Err(ApiError::UpgradeRequired { ws_url: ctx.app.ws_url.clone() }),
         Route::CreateUser => return accounts::create_user(ctx),
         Route::CreateSession => return accounts::create_session(ctx),
@@ -353,6 +354,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::LegacyListChats => legacy::list_chats(ctx, user_id),
         Route::Healthz
         | Route::Readyz
+        | Route::OpenApi
         | Route::WsOnHttpPort
         | Route::CreateUser
         | Route::CreateSession
