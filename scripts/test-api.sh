@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Runs schemathesis against the release server, for every operation of docs/openapi.json as the
+# server itself serves it at /openapi.json: responses must match the document (schemas, statuses,
+# content types, headers), no request may get a 500, inputs the document forbids must be refused,
+# and authenticated routes must refuse a request without a token.
+#
+# Usage: scripts/test-api.sh [st run options] (make test-api builds the binary first). It installs schemathesis,
+# pinned, into a virtual environment in .data/venv-api, starts a throwaway PostgreSQL cluster and
+# the server on free ports (RATE_LIMITS=off, cheap password hashing), and stops both on exit.
+# API_EXAMPLES (default 30) bounds the generated cases per operation and phase; API_SEED fixes
+# the random seed to replay a run. Reports go to .data/api-report/.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly SCHEMATHESIS_VERSION=4.32.5
+readonly VENV=.data/venv-api
+readonly REPORT_DIR=.data/api-report
+BIN=${CARGO_TARGET_DIR:-target}/release/messaging
+
+log() {
+    echo "test-api: $*" >&2
+}
+
+[[ -x $BIN ]] || {
+    log "no $BIN: run make test-api, or cargo build --release"
+    exit 1
+}
+
+if [[ $("$VENV/bin/st" --version 2>/dev/null || true) != *"$SCHEMATHESIS_VERSION"* ]]; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV" || {
+        log "python3 -m venv failed: install python3 and python3-venv"
+        exit 1
+    }
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+    if [[ -n $server_pid ]]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    scripts/pg.sh stop "$work/pg" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+DATABASE_URL=$(PG_FAST=1 scripts/pg.sh start "$work/pg")
+export DATABASE_URL
+"$BIN" migrate up >"$work/migrate.log" 2>&1 || {
+    cat "$work/migrate.log" >&2
+    exit 1
+}
+
+# Port 0: the server says where it listens on its "serving" log line.
+HTTP_ADDR=127.0.0.1:0 WS_ADDR=127.0.0.1:0 RATE_LIMITS=off PASSWORD_ITERATIONS=1000 \
+    SECRET_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
+    "$BIN" serve >"$work/server.log" 2>&1 &
+server_pid=$!
+api=""
+for _ in $(seq 300); do
+    api=$(grep -o 'http=http://[0-9.:]*' "$work/server.log" | head -n 1 | cut -d= -f2 || true)
+    [[ -n $api ]] && break
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+done
+[[ -n $api ]] || {
+    log "the server did not start:"
+    cat "$work/server.log" >&2
+    exit 1
+}
+log "server at $api"
+
+# GET /metrics and GET / are documented and being routed in parallel (issue 16); until a
+# server answers them, they are left out of the run, and this says so.
+skipped=()
+for path in /metrics /; do
+    status=$("$VENV/bin/python" -c 'import sys, urllib.request, urllib.error
+try: print(urllib.request.urlopen(sys.argv[1], timeout=10).status)
+except urllib.error.HTTPError as error: print(error.code)' "$api$path")
+    if [[ $status == 404 ]]; then
+        log "skipping GET $path: this server answers 404 (not routed yet)"
+        skipped+=("$path")
+    fi
+done
+excluded=()
+if ((${#skipped[@]} > 0)); then
+    excluded=(--exclude-path-regex "^($(IFS='|' && echo "${skipped[*]}"))\$")
+fi
+
+# positive_data_acceptance is left out: the document cannot say which ids exist, so a request it
+# allows may rightly be 404 (an unknown chat) or 400 (an unknown user in member_ids).
+status=0
+API_URL=$api SCHEMATHESIS_HOOKS=scripts/test-api-hooks.py "$VENV/bin/st" run "$api/openapi.json" \
+    --checks all --exclude-checks positive_data_acceptance \
+    --max-examples "${API_EXAMPLES:-30}" ${API_SEED:+--seed "$API_SEED"} \
+    --workers 2 --request-timeout 30 --suppress-health-check too_slow,filter_too_much \
+    --report junit,har --report-dir "$REPORT_DIR" \
+    ${excluded[@]+"${excluded[@]}"} "$@" || status=$?
+if ((status != 0)); then
+    log "failed; the server's log is below, and the requests are in $REPORT_DIR"
+    tail -n 50 "$work/server.log" >&2
+fi
+exit "$status"
