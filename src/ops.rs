@@ -90,6 +90,27 @@ mod tests {
     }
 
     #[test]
+    fn every_operation_lists_the_errors_every_route_of_its_kind_can_answer() {
+        let document = document();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().expect("responses is an object");
+                let public = operation["security"].as_array().is_some_and(Vec::is_empty);
+                let mut expected = vec!["500"];
+                if !public {
+                    expected.push("401");
+                }
+                if operation.get("requestBody").is_some() {
+                    expected.extend(["400", "413", "415"]);
+                }
+                for status in expected {
+                    assert!(responses.contains_key(status), "{method} {path} does not list {status}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_path_placeholder_is_a_declared_path_parameter() {
         let document = document();
         for (path, item) in document["paths"].as_object().unwrap() {
