@@ -111,14 +111,24 @@ fi
 # Without an include filter, st leaves out the operation that serves the schema (GET /openapi.json);
 # `--include-path-regex .` names every operation, that one included.
 status=0
+rm -rf "$REPORT_DIR"
 (cd .data && API_URL=$api SCHEMATHESIS_HOOKS=../scripts/test-api-hooks.py "../$VENV/bin/st" run "$api/openapi.json" \
     --include-path-regex . --checks all --exclude-checks positive_data_acceptance \
     --max-examples "${API_EXAMPLES:-30}" ${API_SEED:+--seed "$API_SEED"} \
     --workers 1 --request-timeout 30 --suppress-health-check too_slow,filter_too_much \
-    --report junit,har --report-dir api-report \
+    --report junit,har --report-junit-path api-report/junit.xml --report-har-path api-report/requests.har \
     ${excluded[@]+"${excluded[@]}"} "$@") || status=$?
+# One plain closing line, operations counted from the JUnit report (the stateful phase is one more).
+"$VENV/bin/python" - "$REPORT_DIR/junit.xml" <<'PY' || true
+import sys
+import xml.etree.ElementTree as tree
+
+suites = tree.parse(sys.argv[1]).getroot()
+failed = int(suites.get("failures", 0)) + int(suites.get("errors", 0))
+print(f"api: {int(suites.get('tests', 0)) - failed} passed, {failed} failed")
+PY
 if ((status != 0)); then
-    log "failed; the server's log is below, and the requests are in $REPORT_DIR"
+    log "failed; the server's log is below, and the requests are in $REPORT_DIR/requests.har"
     tail -n 50 "$work/server.log" >&2
 fi
 exit "$status"
