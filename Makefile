@@ -15,7 +15,7 @@ ARGS ?=
 # Shell snippet shared by run and migrate: keep DATABASE_URL, or start the local cluster.
 USE_LOCAL_DB = if [ -z "$${DATABASE_URL:-}" ]; then DATABASE_URL=$$(scripts/pg.sh start $(PG_DIR)); fi; export DATABASE_URL
 
-.PHONY: build run migrate test soak fmt clippy clean
+.PHONY: build run migrate test test-api soak fmt clippy clean
 
 # Build the release binary.
 build:
@@ -60,6 +60,12 @@ test:
 	  echo "cargo-nextest not found: falling back to cargo test" >&2
 	  $(CARGO) test $(ARGS)
 	fi
+
+# Check the running release server against docs/openapi.json with schemathesis, every operation
+# (scripts/test-api.sh says how; it installs schemathesis into .data/venv-api and starts its own
+# throwaway cluster). API_EXAMPLES bounds the cases per operation, API_SEED replays a run.
+test-api: build
+	scripts/test-api.sh
 
 # The slow tests `make test` skips or runs only in small, behind SOAK=1: a database frozen for
 # 20 seconds (each starts its own cluster), 10,100 idle HTTP connections against the compiled

@@ -12,6 +12,7 @@ use crate::chats;
 use crate::error::ApiError;
 use crate::http::Reply;
 use crate::model::{rfc3339, Chat, ChatId, Session, UserId};
+use crate::router;
 use crate::store;
 
 /// How many messages `GET /chat/messages/{id}` returns: the newest ones.
@@ -47,7 +48,7 @@ pub fn create_chat(ctx: &mut Ctx, user_id: UserId) -> Result<Reply, ApiError> {
     let is_group = body.opt_bool("is_group")?.unwrap_or(false);
     let mut member_ids = Vec::new();
     for id in body.opt_array("user_ids")?.map_or(&[][..], Vec::as_slice) {
-        let id = id.as_str().and_then(|id| id.parse::<i64>().ok()).map(UserId);
+        let id = id.as_str().and_then(router::decimal_id).map(UserId);
         member_ids.push(id.ok_or_else(|| ApiError::invalid("user_ids", "user_ids must hold user ids as strings"))?);
     }
     if member_ids.len() > chats::MAX_MEMBERS * 2 {

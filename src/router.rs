@@ -19,6 +19,7 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     WsOnHttpPort,
     CreateUser,
     SearchUsers,
@@ -58,13 +59,14 @@ pub enum Route {
 impl Route {
     /// One of each route (ids of 1), for whatever must walk them all.
     #[cfg(test)]
-    pub fn all() -> [Route; 37] {
+    pub fn all() -> [Route; 38] {
         let (chat, user, message) = (ChatId(1), UserId(1), MessageId(1));
         let emoji = Emoji::decode("%F0%9F%91%8D");
         [
             Route::Healthz,
             Route::Readyz,
             Route::Metrics,
+            Route::OpenApi,
             Route::WsOnHttpPort,
             Route::CreateUser,
             Route::SearchUsers,
@@ -109,6 +111,7 @@ impl Route {
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
             Route::Metrics => "GET /metrics",
+            Route::OpenApi => "GET /openapi.json",
             Route::WsOnHttpPort => "GET /ws",
             Route::CreateUser => "POST /api/users",
             Route::SearchUsers => "GET /api/users",
@@ -155,6 +158,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
         ["healthz"] => vec![("GET", Route::Healthz)],
         ["readyz"] => vec![("GET", Route::Readyz)],
         ["metrics"] => vec![("GET", Route::Metrics)],
+        ["openapi.json"] => vec![("GET", Route::OpenApi)],
         ["ws"] => vec![("GET", Route::WsOnHttpPort)],
         ["api", "users"] => vec![("GET", Route::SearchUsers), ("POST", Route::CreateUser)],
         ["api", "users", "me"] => vec![("GET", Route::GetMe)],
@@ -210,15 +214,18 @@ fn chat_routes(chat: ChatId, rest: &[&str]) -> Result<Vec<(&'static str, Route)>
     })
 }
 
-/// A path id: a positive 64-bit integer written in plain decimal digits.
+/// A path id; anything else is `404`, as for an id that does not exist.
 fn id_from(segment: &str) -> Result<i64, ApiError> {
-    if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::NotFound);
+    decimal_id(segment).ok_or(ApiError::NotFound)
+}
+
+/// An id written as text (a path segment, the seed's string ids): a positive
+/// 64-bit integer in plain decimal digits, so no sign, space or other spelling.
+pub fn decimal_id(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    match segment.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(ApiError::NotFound),
-    }
+    text.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
 #[cfg(test)]
@@ -297,6 +304,16 @@ mod tests {
         }
         for url in ["/api/users/7/password", "/api/users/me/password/x"] {
             assert!(matches!(route("PUT", url), Err(ApiError::NotFound)), "PUT {url}");
+        }
+    }
+
+    #[test]
+    fn decimal_ids_are_plain_positive_digits() {
+        for (text, expected) in [("1", Some(1)), ("007", Some(7)), ("9223372036854775807", Some(i64::MAX))] {
+            assert_eq!(decimal_id(text), expected, "{text:?}");
+        }
+        for text in ["", "0", "00", "+1", "-1", " 1", "1 ", "1.0", "1e3", "9223372036854775808", "１"] {
+            assert_eq!(decimal_id(text), None, "{text:?}");
         }
     }
 

@@ -323,6 +323,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::Healthz => return ops::healthz(),
         Route::Readyz => return ops::readyz(ctx),
         Route::Metrics => return ops::metrics(&ctx.app.metrics),
+        Route::OpenApi => return ops::openapi(),
         Route::WsOnHttpPort => return Err(ApiError::UpgradeRequired { ws_url: ctx.app.ws_url.clone() }),
         Route::CreateUser => return accounts::create_user(ctx),
         Route::CreateSession => return accounts::create_session(ctx),
@@ -369,6 +370,7 @@ fn dispatch(ctx: &mut Ctx, matched: &mut Option<Route>) -> Result<Reply, ApiErro
         Route::Healthz
         | Route::Readyz
         | Route::Metrics
+        | Route::OpenApi
         | Route::WsOnHttpPort
         | Route::CreateUser
         | Route::CreateSession

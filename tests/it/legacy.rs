@@ -74,6 +74,13 @@ fn legacy_create_chat_requires_a_title_and_existing_users() {
             "user_ids",
         ),
         ("a user id that is no number", json!({ "title": "t", "user_ids": ["bob"], "is_group": true }), "user_ids"),
+        // Found while writing docs/openapi.json: Rust's integer parser took a leading sign.
+        (
+            "a user id with a sign",
+            json!({ "title": "t", "user_ids": [format!("+{}", bob.id)], "is_group": true }),
+            "user_ids",
+        ),
+        ("a user id of zero", json!({ "title": "t", "user_ids": ["0"], "is_group": true }), "user_ids"),
     ];
 
     for (description, body, field) in cases {

@@ -40,6 +40,21 @@ fn healthz_answers_status_ok() {
 }
 
 #[test]
+fn openapi_json_serves_the_repository_document_without_a_token() {
+    let app = spawn_app();
+    let in_repository: Value =
+        serde_json::from_str(include_str!("../../docs/openapi.json")).expect("docs/openapi.json is JSON");
+
+    let resp = app.get("/openapi.json", None);
+
+    resp.assert_status(200, "GET /openapi.json");
+    assert_eq!(resp.header("Content-Type"), Some("application/json"), "{resp:?}");
+    let served = resp.json();
+    assert_eq!(served["openapi"], "3.1.0", "{resp:?}");
+    assert_eq!(served, in_repository, "the served document is docs/openapi.json");
+}
+
+#[test]
 fn readyz_answers_ok_while_the_database_answers() {
     let app = spawn_app();
 

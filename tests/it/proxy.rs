@@ -70,6 +70,7 @@ fn honest_requests_websockets_and_the_web_client_work_through_nginx() {
 
     via.get("/healthz", None).assert_status(200, "GET /healthz through nginx");
     via.get("/readyz", None).assert_status(200, "GET /readyz through nginx");
+    via.get("/openapi.json", None).assert_status(200, "GET /openapi.json through nginx");
     let traced = via.raw("GET", "/healthz", &[("X-Request-Id", "trace-42")], b"");
     assert_eq!(traced.header("X-Request-Id"), Some("trace-42"), "the client's request id:\n{}", traced.describe());
     // The API and the seed's routes, sign-up and logins included.
