@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly SCHEMATHESIS_VERSION=4.32.5
+# Prometheus's own Python client, whose parser reads /metrics after the run (below).
+readonly PROMETHEUS_CLIENT_VERSION=0.26.0
 readonly VENV=.data/venv-api
 readonly REPORT_DIR=.data/api-report
 BIN=${CARGO_TARGET_DIR:-target}/release/messaging
@@ -44,6 +46,9 @@ if [[ $("$VENV/bin/st" --version 2>/dev/null || true) != *"$SCHEMATHESIS_VERSION
     }
     "$python" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+if ! "$VENV/bin/python" -c "import prometheus_client, sys; sys.exit(prometheus_client.__version__ != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
 
 work=$(mktemp -d)
@@ -86,23 +91,6 @@ done
 }
 log "server at $api"
 
-# GET /metrics and GET / are documented and being routed in parallel (issue 16); until a
-# server answers them, they are left out of the run, and this says so.
-skipped=()
-for path in /metrics /; do
-    status=$("$VENV/bin/python" -c 'import sys, urllib.request, urllib.error
-try: print(urllib.request.urlopen(sys.argv[1], timeout=10).status)
-except urllib.error.HTTPError as error: print(error.code)' "$api$path")
-    if [[ $status == 404 ]]; then
-        log "skipping GET $path: this server answers 404 (not routed yet)"
-        skipped+=("$path")
-    fi
-done
-excluded=()
-if ((${#skipped[@]} > 0)); then
-    excluded=(--exclude-path-regex "^($(IFS='|' && echo "${skipped[*]}"))\$")
-fi
-
 # positive_data_acceptance is left out: the document cannot say which ids exist, so a request it
 # allows may rightly be 404 (an unknown chat) or 400 (an unknown user in member_ids).
 # One worker: a case that ends every session of the tester (DELETE /api/sessions) would otherwise
@@ -117,7 +105,7 @@ rm -rf "$REPORT_DIR"
     --max-examples "${API_EXAMPLES:-30}" ${API_SEED:+--seed "$API_SEED"} \
     --workers 1 --request-timeout 30 --suppress-health-check too_slow,filter_too_much \
     --report junit,har --report-junit-path api-report/junit.xml --report-har-path api-report/requests.har \
-    ${excluded[@]+"${excluded[@]}"} "$@") || status=$?
+    "$@") || status=$?
 # One plain closing line, operations counted from the JUnit report (the stateful phase is one more).
 "$VENV/bin/python" - "$REPORT_DIR/junit.xml" <<'PY' || true
 import sys
@@ -126,6 +114,30 @@ import xml.etree.ElementTree as tree
 suites = tree.parse(sys.argv[1]).getroot()
 failed = int(suites.get("failures", 0)) + int(suites.get("errors", 0))
 print(f"api: {int(suites.get('tests', 0)) - failed} passed, {failed} failed")
+PY
+# After thousands of requests, /metrics must parse with Prometheus's own parser, and its counters
+# must have moved: requests on every route the run called, and their latencies.
+"$VENV/bin/python" - "$api/metrics" <<'PY' || status=1
+import sys
+import urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+families = {family.name: family for family in text_string_to_metric_families(text)}
+requests = [s for s in families["messaging_http_requests"].samples if s.name.endswith("_total")]
+routes = {s.labels["route"] for s in requests if s.value > 0}
+latencies = [s for s in families["messaging_http_request_duration_seconds"].samples if s.name.endswith("_count")]
+problems = []
+if len(routes) < 30:
+    problems.append(f"requests counted on {len(routes)} routes, fewer than the run called")
+if sum(s.value for s in latencies) < sum(s.value for s in requests):
+    problems.append("fewer latencies than requests")
+for name in ("messaging_ws_open_connections", "messaging_events_published", "messaging_db_errors"):
+    if name not in families:
+        problems.append(f"{name} missing")
+print(f"metrics: {len(families)} families parsed by prometheus_client, requests on {len(routes)} routes, "
+      f"{int(sum(s.value for s in requests))} requests" + "".join(f"; PROBLEM: {p}" for p in problems))
+sys.exit(1 if problems else 0)
 PY
 if ((status != 0)); then
     log "failed; the server's log is below, and the requests are in $REPORT_DIR/requests.har"
