@@ -4,6 +4,7 @@
 //! someone else; a failure is one line on stderr and a non-zero exit.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -13,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::app::PASSWORD;
-use crate::support::{spawn_app, TempDir, TestApp};
+use crate::support::{spawn_app, spawn_app_on, spawn_app_on_listeners, wait_for, TempDir, TestApp};
 
 /// How long a `tail` may take to print its next line before the test gives
 /// up (a guard against a hang, not a measurement).
@@ -94,6 +95,18 @@ impl Tailing {
         Tailing { child, lines }
     }
 
+    /// Reads the history `tail` prints first, up to its `-- live` line.
+    fn history(&self) -> Vec<String> {
+        let mut shown = Vec::new();
+        while let Some(line) = self.next_line("the history and the live marker") {
+            if line.starts_with("-- live") {
+                return shown;
+            }
+            shown.push(line);
+        }
+        panic!("tail ended before going live, after {shown:?}")
+    }
+
     fn next_line(&self, what: &str) -> Option<String> {
         match self.lines.recv_timeout(LINE_DEADLINE) {
             Ok(line) => Some(line),
@@ -148,15 +161,8 @@ fn a_terminal_session_logs_in_lists_sends_searches_and_tails() {
     assert_eq!(found.trim(), format!("chat {chat_id} [{ships}] {}: ships at dawn", alice.username));
 
     let tail = Tailing::start(&terminal, &["tail", &chat_id.to_string(), "--count", "2"]);
-    let mut shown = Vec::new();
-    while let Some(line) = tail.next_line("the history and the live marker") {
-        if line.starts_with("-- live") {
-            break;
-        }
-        shown.push(line);
-    }
     assert_eq!(
-        shown,
+        tail.history(),
         [format!("[{hello}] {}: hello from bob", bob.username), format!("[{ships}] {}: ships at dawn", alice.username)]
     );
     let (first, second) = (send("first live"), send("second live"));
@@ -165,6 +171,47 @@ fn a_terminal_session_logs_in_lists_sends_searches_and_tails() {
         live,
         [format!("[{first}] {}: first live", bob.username), format!("[{second}] {}: second live", bob.username)],
         "each message once, then tail ends on --count 2"
+    );
+}
+
+#[test]
+fn tail_reconnects_after_its_server_restarts_and_catches_up_without_repeats() {
+    let first = spawn_app();
+    let (http_addr, ws_addr, db_url) = (first.http_addr, first.ws_addr, first.db_url.clone());
+    let other = spawn_app_on(&db_url, &[]);
+    let alice = other.create_user();
+    let bob = other.create_user();
+    let chat = other.post("/api/chats", Some(&bob.token), json!({ "is_group": false, "member_ids": [alice.id] }));
+    let chat_id = chat.assert_status(201, "direct chat").json()["id"].as_i64().expect("chat id");
+    let send = |content: &str| {
+        let sent =
+            other.post(&format!("/api/chats/{chat_id}/messages"), Some(&bob.token), json!({ "content": content }));
+        sent.assert_status(201, content).json()["seq"].as_i64().expect("seq")
+    };
+    let terminal = Terminal::new(&first);
+    terminal.ok(&["login", &alice.username], &format!("{PASSWORD}\n"));
+    let tail = Tailing::start(&terminal, &["tail", &chat_id.to_string(), "--count", "2"]);
+    assert!(tail.history().is_empty(), "no messages yet");
+
+    // The server tail talks to stops, so its WebSocket closes; a message is
+    // sent through the other process while it is down, and tail can learn
+    // of it only from the event log once the server is back.
+    drop(first);
+    let while_down = send("sent while the server was down");
+    let (http, ws) = wait_for("the stopped server's ports to be free again", Duration::from_secs(30), || {
+        Some((TcpListener::bind(http_addr).ok()?, TcpListener::bind(ws_addr).ok()?))
+    });
+    let _restarted = spawn_app_on_listeners(&db_url, &[], http, ws);
+    let after = send("sent after the restart");
+
+    let lines: Vec<String> = std::iter::from_fn(|| tail.next_line("the messages after the restart")).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("[{while_down}] {}: sent while the server was down", bob.username),
+            format!("[{after}] {}: sent after the restart", bob.username),
+        ],
+        "each message once, in order, then tail ends on --count 2"
     );
 }
 
