@@ -358,7 +358,6 @@ impl Tail {
             return false;
         }
         println!("{}", message_line(&event["message"], &self.names));
-        let _ = std::io::stdout().flush();
         if let Some(left) = self.left.as_mut() {
             *left -= 1;
             return *left == 0;
