@@ -4,12 +4,14 @@
 //! Modules in reading order, roughly from the bottom layer up: plain data,
 //! the database and the SQL, the pieces a request is made of, the real-time
 //! threads, what the process shares, the handlers by resource, the server
-//! that starts it all, and what the fuzz targets call. A module imports only
+//! that starts it all, and what the fuzz targets call; `client`, the terminal
+//! client, imports nothing of ours and sits at the bottom. A module imports only
 //! from lower layers, as `LAYERS` below lists them
 //! (`tests::modules_import_only_from_lower_layers` checks it);
 //! ARCHITECTURE.md has the map and the invariants.
 
 pub mod model;
+pub mod client;
 pub mod log;
 mod error;
 mod ratelimit;
@@ -56,7 +58,7 @@ mod tests {
     /// layers below its own, so no two modules import each other, however
     /// indirectly. ARCHITECTURE.md draws the same picture.
     const LAYERS: [&[&str]; 12] = [
-        &["model", "log", "ratelimit", "forwarded", "confirm", "words", "metrics"],
+        &["model", "client", "log", "ratelimit", "forwarded", "confirm", "words", "metrics"],
         &["error", "watch", "sequencer", "session_cache", "reactions"],
         &["db", "router", "http", "directory"],
         &["store", "migrate"],

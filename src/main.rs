@@ -1,4 +1,5 @@
-//! The `messaging` binary: `serve`, or `migrate up | down [N] | status`.
+//! The `messaging` binary: `serve`, `migrate up | down [N] | status`, or
+//! `client ...` (the terminal client, `messaging::client`).
 //! Everything else lives in the library; this file turns arguments into one
 //! call and a failure into one line on stderr and a non-zero exit, and owns
 //! what belongs to the process: signals and the panic hook.
@@ -12,9 +13,9 @@ use signal_hook::iterator::Signals;
 
 use messaging::config::Config;
 use messaging::log::Log;
-use messaging::{migrate, server, watch};
+use messaging::{client, migrate, server, watch};
 
-const USAGE: &str = "usage: messaging serve | messaging migrate up | down [N] | status";
+const USAGE: &str = "usage: messaging serve | messaging migrate up | down [N] | status | messaging client ...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     let outcome = match args.as_slice() {
         ["serve"] => serve(),
         ["migrate", rest @ ..] => run_migrate(rest),
+        ["client", rest @ ..] => client::run(rest),
         _ => Err(USAGE.to_string()),
     };
     match outcome {

@@ -58,7 +58,8 @@ pub(crate) const SECRET_KEY: &str = "a-test-secret-key-that-is-long-enough-01234
 /// A URL that parses but is never connected to: configuration is checked first.
 pub(crate) const UNUSED_DATABASE_URL: &str = "postgresql://postgres@localhost/messaging?host=/nonexistent";
 
-const USAGE_LINE: &str = "messaging: usage: messaging serve | messaging migrate up | down [N] | status";
+const USAGE_LINE: &str =
+    "messaging: usage: messaging serve | messaging migrate up | down [N] | status | messaging client ...";
 
 /// How long a command that should exit promptly may take.
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);

@@ -62,3 +62,6 @@ mod soak;
 mod fuzz;
 // Contract section 7's `GET /`: the web client's page, its security headers, nothing loaded from elsewhere.
 mod webclient;
+// Issue 16's terminal client, `messaging client ...`: login with the password on stdin, a 0600 token file,
+// chats, send, search, and `tail` printing live messages once each.
+mod client;
