@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::app::PASSWORD;
-use crate::support::{spawn_app, spawn_app_on, spawn_app_on_listeners, wait_for, TempDir, TestApp};
+use crate::support::{fresh_database, spawn_app, spawn_app_on, spawn_app_on_listeners, wait_for, TempDir, TestApp};
 
 /// How long a `tail` may take to print its next line before the test gives
 /// up (a guard against a hang, not a measurement).
@@ -176,7 +176,10 @@ fn a_terminal_session_logs_in_lists_sends_searches_and_tails() {
 
 #[test]
 fn tail_reconnects_after_its_server_restarts_and_catches_up_without_repeats() {
-    let first = spawn_app();
+    // Ports below the kernel's ephemeral range, so no client socket of a test
+    // beside this one takes them while the server is down (binary::free_addr).
+    let bind = || TcpListener::bind(crate::binary::free_addr()).expect("bind a port below the ephemeral range");
+    let first = spawn_app_on_listeners(&fresh_database(), &[], bind(), bind());
     let (http_addr, ws_addr, db_url) = (first.http_addr, first.ws_addr, first.db_url.clone());
     let other = spawn_app_on(&db_url, &[]);
     let alice = other.create_user();
