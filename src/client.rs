@@ -34,6 +34,10 @@ const EVENTS_PAGE: u32 = 1000;
 /// Connect, read and write timeouts of one HTTP request.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest answer read: far above any page the server gives (1,000
+/// events of 4,000 characters), far below what would hurt a terminal's host.
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
 /// How long `tail` waits for a frame before it takes the WebSocket for dead
 /// and reconnects: the server pings every 30 seconds (contract section 6).
 const WS_SILENCE: Duration = Duration::from_secs(90);
@@ -138,8 +142,12 @@ impl Server {
         head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).map_err(io)?;
         let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).map_err(io)?;
+        (&mut stream).take(MAX_ANSWER_BYTES + 1).read_to_end(&mut answer).map_err(io)?;
+        if answer.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(Failure::Io(format!("the server's answer is over {MAX_ANSWER_BYTES} bytes")));
+        }
         let (status, body) = parse_response(&answer)?;
+        let body = body.as_slice();
         if !(200..300).contains(&status) {
             return Err(Failure::Api(error_line(status, body)));
         }
@@ -151,8 +159,9 @@ impl Server {
 }
 
 /// The status and body of a whole HTTP/1.1 response read to its end (the
-/// request said `Connection: close`, so the end of the stream ends the body).
-fn parse_response(answer: &[u8]) -> Result<(u16, &[u8]), Failure> {
+/// request said `Connection: close`, so the end of the stream ends the body),
+/// its chunks joined when it came chunked (tiny_http chunks 32 KiB and more).
+fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>), Failure> {
     let garbled = || Failure::Io("the server's answer is not an HTTP response".to_string());
     let split = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(garbled)?;
     let status_line = answer[..split].split(|b| *b == b'\r').next().unwrap_or_default();
@@ -162,7 +171,29 @@ fn parse_response(answer: &[u8]) -> Result<(u16, &[u8]), Failure> {
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
         .ok_or_else(garbled)?;
-    Ok((status, &answer[split + 4..]))
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let body = &answer[split + 4..];
+    let chunked = head.lines().any(|line| line.starts_with("transfer-encoding:") && line.contains("chunked"));
+    match chunked {
+        true => dechunk(body).ok_or_else(garbled).map(|body| (status, body)),
+        false => Ok((status, body.to_vec())),
+    }
+}
+
+/// A chunked body's chunks, joined; `None` when the framing is broken.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut joined = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(joined);
+        }
+        joined.extend_from_slice(body.get(..size)?);
+        body = body.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 /// The contract's error body as one line: its message and code.
@@ -170,7 +201,7 @@ fn error_line(status: u16, body: &[u8]) -> String {
     let body = serde_json::from_slice::<Value>(body).unwrap_or_default();
     let error = &body["error"];
     match error["message"].as_str().zip(error["code"].as_str()) {
-        Some((message, code)) => format!("{message} ({code})"),
+        Some((message, code)) => format!("{} ({})", printable(message), printable(code)),
         None => format!("the server answered {status}"),
     }
 }
@@ -310,13 +341,15 @@ impl Session {
             }
         }
         loop {
+            let before = tail.seen;
             let page = self.get(&format!("/api/chats/{}/events?after={}&limit={EVENTS_PAGE}", tail.chat, tail.seen))?;
             for event in page["events"].as_array().into_iter().flatten() {
                 if tail.take(event) {
                     return Ok(());
                 }
             }
-            if page["has_more"] != true {
+            // A page that moved nothing on cannot be followed by one that does.
+            if page["has_more"] != true || tail.seen == before {
                 break;
             }
         }
@@ -380,7 +413,7 @@ fn member_names(chat: &Value) -> impl Iterator<Item = (i64, String)> + '_ {
 fn chat_line(chat: &Value, me: i64) -> String {
     let names: HashMap<i64, String> = member_names(chat).collect();
     let title = match chat["title"].as_str() {
-        Some(title) => title.to_string(),
+        Some(title) => printable(title),
         None => {
             let others: Vec<String> = member_names(chat).filter(|(id, _)| *id != me).map(|(_, name)| name).collect();
             others.join(", ")
@@ -398,7 +431,16 @@ fn message_line(message: &Value, names: &HashMap<i64, String>) -> String {
     let sender = message["sender_id"].as_i64().unwrap_or_default();
     let name = names.get(&sender).cloned().unwrap_or_else(|| format!("user {sender}"));
     let content = if message["deleted"] == true { "(deleted)" } else { message["content"].as_str().unwrap_or("") };
-    format!("[{}] {name}: {content}", message["seq"])
+    format!("[{}] {name}: {}", message["seq"], printable(content))
+}
+
+/// Other people's text for a terminal: a control character (an escape
+/// sequence's start, a line break, …) is written as `\u{..}`, so a message
+/// can neither move the cursor nor rewrite what is on the screen.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() })
+        .collect()
 }
 
 /// `text` as a URL query value: unreserved bytes as they are, every other
@@ -449,9 +491,19 @@ mod tests {
     }
 
     #[test]
+    fn other_peoples_text_cannot_steer_the_terminal() {
+        assert_eq!(printable("hi\u{1b}[2J\tthere\n"), "hi\\u{1b}[2J\tthere\\u{a}");
+        assert_eq!(printable("héllo 👍"), "héllo 👍");
+    }
+
+    #[test]
     fn a_response_gives_its_status_and_body() {
         let answer = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(answer), Ok((201, &b"{}"[..])));
+        assert_eq!(parse_response(answer), Ok((201, b"{}".to_vec())));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked), Ok((200, br#"{"a":1}"#.to_vec())), "chunks joined");
+        let broken = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nshort\r\n";
+        assert!(parse_response(broken).is_err(), "a chunk shorter than its size");
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err(), "no end of head");
         assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err(), "not HTTP");
     }
