@@ -25,7 +25,7 @@ WITH member AS (SELECT 1 FROM chat_members WHERE chat_id = (SELECT max(id) FROM 
                 AND user_id = (SELECT min(id) FROM users WHERE username LIKE 'plan%'))
 SELECT EXISTS (SELECT 1 FROM member), page.*
 FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted
+LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted, reply_to_seq, reactions
                    FROM messages WHERE chat_id = (SELECT max(id) FROM chats) AND seq < 9223372036854775807
                    AND EXISTS (SELECT 1 FROM member) ORDER BY seq DESC LIMIT 51) AS page ON true
 ORDER BY page.seq DESC;
@@ -36,7 +36,7 @@ WITH member AS (SELECT 1 FROM chat_members WHERE chat_id = (SELECT max(id) FROM 
                 AND user_id = (SELECT min(id) FROM users WHERE username LIKE 'plan%'))
 SELECT EXISTS (SELECT 1 FROM member), page.*
 FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted
+LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted, reply_to_seq, reactions
                    FROM messages WHERE chat_id = (SELECT max(id) FROM chats) AND seq < 500000
                    AND EXISTS (SELECT 1 FROM member) ORDER BY seq DESC LIMIT 51) AS page ON true
 ORDER BY page.seq DESC;
@@ -45,6 +45,6 @@ ORDER BY page.seq DESC;
 EXPLAIN (ANALYZE, BUFFERS)
 SELECT e.chat_id, e.seq, e.type, e.created_at, e.actor_id, e.payload, m.*
 FROM chat_events e
-LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted
+LEFT JOIN LATERAL (SELECT id, chat_id, seq, sender_id, content, client_id, created_at, edited_at, deleted, reply_to_seq, reactions
                    FROM messages WHERE id = e.message_id) m ON true
 WHERE e.chat_id = (SELECT max(id) FROM chats) AND e.seq > 500000 ORDER BY e.seq LIMIT 101;

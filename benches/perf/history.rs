@@ -59,7 +59,7 @@ fn against_selects(bench: &mut Bench) -> BenchResult<Section> {
     let mut rows = Vec::new();
     let mut detail = format!(
         "wrk: `GET {path}` (the newest 50 of {} messages, written with SQL before the run), one wrk thread per connection, connection N as the member `reader{{N}}` with its own token, {secs} s per round.\n\
-         Baseline: pgbench `-M prepared`, as many clients, client N as `reader{{N}}`: the session lookup, the membership check and the page of `store::list_messages_before` (`benches/pgbench/history_page.sql`).\n\
+         Baseline: pgbench `-M prepared`, as many clients, client N as `reader{{N}}`: the session lookup, the membership check and the page with the columns of `store::list_messages_as_member` (`benches/pgbench/history_page.sql`).\n\
          Target: the server's requests per second at least 0.8 of pgbench's transactions per second.\n\n",
         report::number(HISTORY as f64)
     );
